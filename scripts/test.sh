@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and CI run it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== go vet"
+go vet ./...
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [[ -n "$unformatted" ]]; then echo "gofmt: these files need formatting:"; echo "$unformatted"; exit 1; fi
+echo "== unit and integration tests (-race)"
+go test -race -count=1 -timeout "${TEST_TIMEOUT:-20m}" $(go list ./... | grep -v /tests/e2e)
+echo "== e2e tests (real binaries)"
+make --no-print-directory build
+go test -count=1 -timeout "${TEST_TIMEOUT:-20m}" ./tests/e2e/...
