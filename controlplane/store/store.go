@@ -19,6 +19,9 @@ var (
 	ErrTokenUsedUp  = errors.New("join token already used")
 	ErrNameTaken    = errors.New("agent name already enrolled")
 	ErrRevoked      = errors.New("agent revoked")
+	// ErrExists is returned when a record with the same id already exists
+	// (an agent id, even of a revoked agent, or a token id).
+	ErrExists = errors.New("already exists")
 )
 
 // Agent statuses, as shown by the admin API.
@@ -83,6 +86,11 @@ type CommitOutcome struct {
 	Stored       int    // results that were new
 	Duplicates   int    // results at or below the agent's high-water mark
 	AckedThrough uint64 // the agent's result high-water mark after the commit
+	// Err is set when this batch alone was refused (nothing of it stored)
+	// while the other batches of the same CommitResults call were stored:
+	// ErrNotFound for an unknown agent, ErrRevoked for a revoked one, or a
+	// description of an invalid result. One bad batch never fails the group.
+	Err error
 }
 
 // CheckState is the latest result of one (agent, check).
@@ -109,7 +117,8 @@ type Store interface {
 	// EnrollAgent consumes one use of the token (checking its secret hash in
 	// constant time, its expiry and its use count) and creates the agent, in
 	// one transaction. It returns ErrTokenUnknown, ErrTokenExpired,
-	// ErrTokenUsedUp or ErrNameTaken (wrapped) when it refuses.
+	// ErrTokenUsedUp, ErrNameTaken or ErrExists (the id was used before, even
+	// by a revoked agent: ids are never reused) (wrapped) when it refuses.
 	EnrollAgent(tokenID string, secretHash []byte, now time.Time, a Agent) error
 
 	GetAgent(id string) (Agent, error)
@@ -117,8 +126,14 @@ type Store interface {
 	GetAgentByName(name string) (Agent, error)
 	ListAgents() ([]Agent, error)
 	// UpdateAgent reads, changes and writes one agent atomically.
+	// ErrNotFound if there is no such agent; fn's error aborts the update.
 	UpdateAgent(id string, fn func(*Agent) error) error
-	// PutAgents writes several agents in one transaction (liveness flushes).
+	// PutAgents writes several agents in one transaction (liveness flushes),
+	// all or none. It never creates an agent (ErrNotFound for an unknown
+	// id). For UpdateAgent and PutAgents alike: revocation is for good (a
+	// stored Revoked agent stays revoked, RevokedAt kept), OutboxDropped
+	// never goes down, and a new name must not be held by another
+	// non-revoked agent (ErrNameTaken).
 	PutAgents(agents []Agent) error
 
 	// ApplyPolicies stores every policy or none. A policy whose spec changed
@@ -130,7 +145,10 @@ type Store interface {
 
 	// CommitResults stores many batches in one transaction (one fsync):
 	// results at or below the agent's high-water mark are skipped, the others
-	// go to the bounded history and update the latest state.
+	// go to the bounded history and update the latest state. It returns one
+	// outcome per batch, in order. A batch that is refused on its own (see
+	// CommitOutcome.Err) does not fail the call; the returned error is for
+	// the whole transaction, in which case nothing was stored.
 	CommitResults(batches []ResultBatch) ([]CommitOutcome, error)
 	// Counters returns the agent's ingest counters.
 	Counters(agentID string) (AgentCounters, error)

@@ -1,0 +1,252 @@
+// Package agent wires the Tend agent together: identity (enrollment and
+// renewal), the local state database and outbox, the check scheduler, and
+// the stream to the control plane.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"tend.dev/tend/agent/checks"
+	"tend.dev/tend/agent/identity"
+	"tend.dev/tend/agent/scheduler"
+	"tend.dev/tend/agent/state"
+	"tend.dev/tend/agent/stream"
+	"tend.dev/tend/internal/version"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// StateFile is the agent's bbolt database in its data dir.
+const StateFile = "agent.db"
+
+// Config is the agent's resolved configuration (flags over agent.yaml).
+type Config struct {
+	Server      string
+	DataDir     string
+	Name        string
+	Labels      map[string]string
+	Token       string
+	LocalChecks []*agentv1.CheckSpec
+	OutboxMax   int
+	MaxBackoff  time.Duration
+	Log         *slog.Logger
+}
+
+// Agent is a running tend-agent.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	db     *state.DB
+	id     *identity.Identity
+	sched  *scheduler.Scheduler
+	client *stream.Client
+
+	mu       sync.Mutex
+	assigned []*agentv1.CheckSpec
+}
+
+// New opens the data dir and enrolls on first start.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Server == "" {
+		return nil, errors.New("no control plane address: pass --server HOST:PORT or set server in agent.yaml")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log}
+	db, err := state.Open(filepath.Join(cfg.DataDir, StateFile), state.Options{OutboxMax: cfg.OutboxMax})
+	if err != nil {
+		return nil, err
+	}
+	a.db = db
+	id, err := identity.Load(cfg.DataDir)
+	switch {
+	case errors.Is(err, identity.ErrNotEnrolled):
+		if cfg.Token == "" {
+			db.Close()
+			return nil, fmt.Errorf("agent is not enrolled yet (no credentials in %s): pass --token from 'tendctl token create' on the first start", cfg.DataDir)
+		}
+		a.log.Info("enrolling", "server", cfg.Server, "name", cfg.Name)
+		id, err = identity.Enroll(ctx, cfg.DataDir, identity.EnrollOptions{
+			Server: cfg.Server, Token: cfg.Token, Name: cfg.Name, Labels: cfg.Labels, Version: version.Version,
+		})
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		a.log.Info("enrolled", "agent_id", id.AgentID(), "cert_expires", id.Expiry())
+	case err != nil:
+		db.Close()
+		return nil, fmt.Errorf("load identity from %s: %w", cfg.DataDir, err)
+	default:
+		if cfg.Token != "" {
+			a.log.Info("already enrolled; --token ignored", "agent_id", id.AgentID())
+		}
+	}
+	a.id = id
+	a.log = a.log.With("agent_id", id.AgentID())
+	return a, nil
+}
+
+// ID is the agent's id.
+func (a *Agent) ID() string { return a.id.AgentID() }
+
+func (a *Agent) dial(ctx context.Context) (*grpc.ClientConn, error) {
+	return grpc.NewClient(a.cfg.Server,
+		grpc.WithTransportCredentials(credentials.NewTLS(a.id.TLSConfig(a.cfg.Server))),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+	)
+}
+
+func (a *Agent) sink(spec *agentv1.CheckSpec, res checks.Result, started time.Time, took time.Duration) {
+	r := &agentv1.CheckResult{
+		CheckId:       spec.GetId(),
+		PolicyVersion: spec.GetPolicyVersion(),
+		Status:        res.Status,
+		Output:        res.Output,
+		Metrics:       res.Metrics,
+		StartedAt:     timestamppb.New(started),
+		Duration:      durationpb.New(took),
+	}
+	if err := a.db.Append(r); err != nil {
+		a.log.Error("outbox append failed: result lost", "check_id", spec.GetId(), "err", err)
+		return
+	}
+	if a.client != nil {
+		a.client.Notify()
+	}
+}
+
+func (a *Agent) applyChecks() {
+	a.mu.Lock()
+	specs := append(append([]*agentv1.CheckSpec{}, a.cfg.LocalChecks...), a.assigned...)
+	a.mu.Unlock()
+	if err := a.sched.Update(specs); err != nil {
+		a.log.Warn("some checks could not start", "err", err)
+	}
+}
+
+func (a *Agent) onAssignment(asg *agentv1.CheckAssignment) {
+	if err := a.db.SaveAssignment(asg); err != nil {
+		a.log.Error("persist check assignment", "err", err)
+	}
+	a.mu.Lock()
+	a.assigned = asg.GetChecks()
+	a.mu.Unlock()
+	a.log.Info("checks assigned", "generation", asg.GetGeneration(), "checks", len(asg.GetChecks()))
+	a.applyChecks()
+}
+
+func (a *Agent) hello() *agentv1.Hello {
+	pending, dropped, _ := a.db.Stats()
+	host, _ := os.Hostname()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var gen uint64
+	if asg, err := a.db.LoadAssignment(); err == nil && asg != nil {
+		gen = asg.GetGeneration()
+	}
+	return &agentv1.Hello{
+		Version:            version.Version,
+		Labels:             a.cfg.Labels,
+		Facts:              map[string]string{"os": runtime.GOOS, "arch": runtime.GOARCH, "hostname": host},
+		LocalChecks:        a.cfg.LocalChecks,
+		ChecksGeneration:   gen,
+		OutboxDroppedTotal: dropped,
+		OutboxPending:      pending,
+	}
+}
+
+// renewLoop renews the certificate at two thirds of its lifetime, retrying
+// every 30 s on failure.
+func (a *Agent) renewLoop(ctx context.Context) {
+	for {
+		wait := time.Until(a.id.RenewAt())
+		if wait < 0 {
+			wait = 0
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		err := func() error {
+			conn, err := a.dial(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			return a.id.Renew(rctx, conn)
+		}()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("certificate renewal failed; retrying in 30s", "err", err, "expires", a.id.Expiry())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(30 * time.Second):
+			}
+			continue
+		}
+		a.log.Info("certificate renewed", "expires", a.id.Expiry(), "serial", a.id.Serial())
+	}
+}
+
+// Run runs checks and the stream until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.db.Close()
+	bo := stream.DefaultBackoff()
+	if a.cfg.MaxBackoff > 0 {
+		bo.Max = a.cfg.MaxBackoff
+	}
+	a.client = stream.New(stream.Config{
+		Dial:         a.dial,
+		DB:           a.db,
+		Hello:        a.hello,
+		OnAssignment: a.onAssignment,
+		Backoff:      bo,
+		Log:          a.log.With("component", "stream"),
+	})
+	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"))
+	defer a.sched.Stop()
+
+	// Keep running the last assigned checks while the control plane is away.
+	if asg, err := a.db.LoadAssignment(); err != nil {
+		a.log.Warn("load last check assignment", "err", err)
+	} else if asg != nil {
+		a.assigned = asg.GetChecks()
+	}
+	a.applyChecks()
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.renewLoop(ctx) }()
+	a.log.Info("agent running", "server", a.cfg.Server, "local_checks", len(a.cfg.LocalChecks), "assigned_checks", len(a.assigned))
+	err := a.client.Run(ctx)
+	wg.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	a.log.Info("agent stopped")
+	return err
+}

@@ -1,0 +1,302 @@
+// Package identity is the agent's enrolled identity: its key and
+// certificate, the control plane's CA and the pinned task-signing keys, kept
+// in the agent's data dir. It enrolls with a join token on first start and
+// renews the certificate before it expires.
+package identity
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"tend.dev/tend/internal/pki"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// Files in the agent's data dir.
+const (
+	CredFile = "agent.pem" // certificate and private key, 0600
+	CAFile   = "ca.crt"
+	MetaFile = "identity.json"
+)
+
+// ErrNotEnrolled means the data dir holds no identity yet.
+var ErrNotEnrolled = errors.New("agent is not enrolled")
+
+type meta struct {
+	AgentID     string                `json:"agentId"`
+	Name        string                `json:"name"`
+	Server      string                `json:"server"`
+	SigningKeys []*agentv1.SigningKey `json:"signingKeys"`
+}
+
+// Identity is the agent's credentials. Safe for concurrent use.
+type Identity struct {
+	dir  string
+	mu   sync.RWMutex
+	cert *tls.Certificate
+	leaf *x509.Certificate
+	pool *x509.CertPool
+	meta meta
+}
+
+// Load reads the identity from dir; ErrNotEnrolled if there is none.
+func Load(dir string) (*Identity, error) {
+	credPEM, err := os.ReadFile(filepath.Join(dir, CredFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotEnrolled
+	}
+	if err != nil {
+		return nil, err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, CAFile))
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	mb, err := os.ReadFile(filepath.Join(dir, MetaFile))
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	id := &Identity{dir: dir}
+	if err := json.Unmarshal(mb, &id.meta); err != nil {
+		return nil, fmt.Errorf("identity: %s: %w", MetaFile, err)
+	}
+	if err := id.setCA(caPEM); err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(credPEM, credPEM)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %s: %w", CredFile, err)
+	}
+	if err := id.setCert(&cert); err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+func (id *Identity) setCA(caPEM []byte) error {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return errors.New("identity: CA bundle holds no certificate")
+	}
+	id.mu.Lock()
+	id.pool = pool
+	id.mu.Unlock()
+	return nil
+}
+
+func (id *Identity) setCert(c *tls.Certificate) error {
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return err
+	}
+	c.Leaf = leaf
+	id.mu.Lock()
+	id.cert, id.leaf = c, leaf
+	id.mu.Unlock()
+	return nil
+}
+
+// AgentID is the identity in the certificate.
+func (id *Identity) AgentID() string { return id.meta.AgentID }
+
+// Name is the name the agent enrolled with.
+func (id *Identity) Name() string { return id.meta.Name }
+
+// SigningKeys are the pinned task-signing public keys.
+func (id *Identity) SigningKeys() []*agentv1.SigningKey {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	return id.meta.SigningKeys
+}
+
+// Expiry is when the current certificate expires.
+func (id *Identity) Expiry() time.Time {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	return id.leaf.NotAfter
+}
+
+// RenewAt is two thirds into the current certificate's lifetime.
+func (id *Identity) RenewAt() time.Time {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	life := id.leaf.NotAfter.Sub(id.leaf.NotBefore)
+	return id.leaf.NotBefore.Add(life * 2 / 3)
+}
+
+// ServerName is the name to verify the control plane's certificate against.
+func ServerName(server string) string {
+	host, _, err := net.SplitHostPort(server)
+	if err != nil {
+		return server
+	}
+	return host
+}
+
+// TLSConfig is the mTLS client config; it always presents the newest
+// certificate, so a renewal applies to the next connection.
+func (id *Identity) TLSConfig(server string) *tls.Config {
+	id.mu.RLock()
+	pool := id.pool
+	id.mu.RUnlock()
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    pool,
+		ServerName: ServerName(server),
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			id.mu.RLock()
+			defer id.mu.RUnlock()
+			return id.cert, nil
+		},
+	}
+}
+
+func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "tend-agent"}}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, csr, nil
+}
+
+func (id *Identity) saveCred(key *ecdsa.PrivateKey, certDER []byte) error {
+	keyPEM, err := pki.EncodeKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	cred := append(pki.EncodeCertPEM(certDER), keyPEM...)
+	cert, err := tls.X509KeyPair(cred, cred)
+	if err != nil {
+		return fmt.Errorf("control plane returned an unusable certificate: %w", err)
+	}
+	if err := pki.WriteFileAtomic(filepath.Join(id.dir, CredFile), cred, 0o600); err != nil {
+		return err
+	}
+	return id.setCert(&cert)
+}
+
+func (id *Identity) saveMeta() error {
+	b, err := json.MarshalIndent(id.meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	return pki.WriteFileAtomic(filepath.Join(id.dir, MetaFile), b, 0o600)
+}
+
+// EnrollOptions are what the agent sends when it enrolls.
+type EnrollOptions struct {
+	Server  string
+	Token   string // "<id>.<secret>.<pin>"
+	Name    string
+	Labels  map[string]string
+	Version string
+	Timeout time.Duration
+}
+
+// Enroll trades a join token for an identity and saves it in dir. The
+// control plane is trusted only if its CA matches the token's pin.
+func Enroll(ctx context.Context, dir string, o EnrollOptions) (*Identity, error) {
+	tokID, secret, pin, err := pki.ParseToken(o.Token)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return nil, err
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
+	conn, err := grpc.NewClient(o.Server, grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedTLSConfig(pin, ServerName(o.Server)))))
+	if err != nil {
+		return nil, fmt.Errorf("enroll with %s: %w", o.Server, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	resp, err := agentv1.NewEnrollmentServiceClient(conn).Enroll(ctx, &agentv1.EnrollRequest{
+		Token: tokID + "." + secret, CsrDer: csr, Name: o.Name, Labels: o.Labels, Version: o.Version,
+	}, grpc.WaitForReady(false))
+	if err != nil {
+		return nil, fmt.Errorf("enroll with %s: %w", o.Server, err)
+	}
+	id := &Identity{dir: dir, meta: meta{AgentID: resp.GetAgentId(), Name: o.Name, Server: o.Server, SigningKeys: resp.GetSigningKeys()}}
+	if err := id.setCA(resp.GetCaBundlePem()); err != nil {
+		return nil, err
+	}
+	if err := pki.WriteFileAtomic(filepath.Join(dir, CAFile), resp.GetCaBundlePem(), 0o644); err != nil {
+		return nil, err
+	}
+	if err := id.saveMeta(); err != nil {
+		return nil, err
+	}
+	// The credential file is written last: its presence means "enrolled".
+	if err := id.saveCred(key, resp.GetCertificateDer()); err != nil {
+		return nil, err
+	}
+	if leafID, err := pki.IdentityOf(id.leaf); err != nil || leafID.ID != resp.GetAgentId() {
+		return nil, fmt.Errorf("enroll: certificate identity does not match agent id %s", resp.GetAgentId())
+	}
+	return id, nil
+}
+
+// Renew gets a fresh certificate (and a new key) over conn, which must be
+// an mTLS connection made with TLSConfig.
+func (id *Identity) Renew(ctx context.Context, conn grpc.ClientConnInterface) error {
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	resp, err := agentv1.NewEnrollmentServiceClient(conn).Renew(ctx, &agentv1.RenewRequest{CsrDer: csr})
+	if err != nil {
+		return fmt.Errorf("renew certificate: %w", err)
+	}
+	if len(resp.GetCaBundlePem()) > 0 {
+		if err := id.setCA(resp.GetCaBundlePem()); err != nil {
+			return err
+		}
+		if err := pki.WriteFileAtomic(filepath.Join(id.dir, CAFile), resp.GetCaBundlePem(), 0o644); err != nil {
+			return err
+		}
+	}
+	if len(resp.GetSigningKeys()) > 0 {
+		id.mu.Lock()
+		id.meta.SigningKeys = resp.GetSigningKeys()
+		id.mu.Unlock()
+		if err := id.saveMeta(); err != nil {
+			return err
+		}
+	}
+	return id.saveCred(key, resp.GetCertificateDer())
+}
+
+// Fingerprint-free helper for logs: the certificate's serial.
+func (id *Identity) Serial() string {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	return id.leaf.SerialNumber.Text(16)
+}
+

@@ -1,0 +1,145 @@
+// Command tend-agent runs the Tend agent on a host.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"tend.dev/tend/agent"
+	"tend.dev/tend/agent/config"
+	"tend.dev/tend/internal/logging"
+	"tend.dev/tend/internal/version"
+)
+
+func parseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("label %q: want key=value", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	fs := flag.NewFlagSet("tend-agent", flag.ContinueOnError)
+	var (
+		server, token, dataDir, name, labels, cfgPath, pluginDir, logLevel string
+		maxBackoff                                                          time.Duration
+		showVer                                                             bool
+	)
+	fs.StringVar(&server, "server", "", "control plane address HOST:PORT (default from --config, else 127.0.0.1:7400)")
+	fs.StringVar(&token, "token", "", "join token from 'tendctl token create' (first start only)")
+	fs.StringVar(&dataDir, "data-dir", "", "directory for credentials and the outbox (default from --config, else ./tend-agent-data)")
+	fs.StringVar(&name, "name", "", "agent name (default hostname)")
+	fs.StringVar(&labels, "labels", "", "labels as k=v,k=v (override the config file's)")
+	fs.StringVar(&cfgPath, "config", "", "agent.yaml: settings, local checks and the action allow-list")
+	fs.StringVar(&pluginDir, "plugin-dir", "", "directory of action plugins (tend-plugin-*)")
+	fs.DurationVar(&maxBackoff, "reconnect-max-backoff", 0, "cap on the reconnect backoff (default 120s)")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&showVer, "version", false, "print the version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "tend-agent: unexpected argument %q (see --help)\n", fs.Arg(0))
+		return 2
+	}
+	if showVer {
+		fmt.Println(version.Version)
+		return 0
+	}
+	log, err := logging.New(logLevel, "tend-agent")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tend-agent: --log-level: %v\n", err)
+		return 2
+	}
+	slog.SetDefault(log)
+
+	cfg := &config.Config{}
+	if cfgPath != "" {
+		if cfg, err = config.Load(cfgPath); err != nil {
+			fmt.Fprintf(os.Stderr, "tend-agent: %v\n", err)
+			return 2
+		}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["server"] || cfg.Server == "" {
+		cfg.Server = server
+	}
+	if cfg.Server == "" {
+		cfg.Server = "127.0.0.1:7400"
+	}
+	if set["data-dir"] || cfg.DataDir == "" {
+		cfg.DataDir = dataDir
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "./tend-agent-data"
+	}
+	if set["name"] || cfg.Name == "" {
+		cfg.Name = name
+	}
+	if cfg.Name == "" {
+		cfg.Name, _ = os.Hostname()
+	}
+	if set["labels"] {
+		l, err := parseLabels(labels)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "tend-agent: --labels: %v\n", err)
+			return 2
+		}
+		cfg.Labels = l
+	}
+	if set["plugin-dir"] {
+		cfg.PluginDir = pluginDir
+	}
+	if set["reconnect-max-backoff"] {
+		cfg.MaxBackoff = config.Duration(maxBackoff)
+	}
+	specs, err := cfg.Specs()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tend-agent: %v\n", err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(ctx, agent.Config{
+		Server:      cfg.Server,
+		DataDir:     cfg.DataDir,
+		Name:        cfg.Name,
+		Labels:      cfg.Labels,
+		Token:       token,
+		LocalChecks: specs,
+		OutboxMax:   cfg.OutboxMax,
+		MaxBackoff:  time.Duration(cfg.MaxBackoff),
+		Log:         log,
+	})
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent failed", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,97 @@
+package api
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"tend.dev/tend/controlplane/fleet"
+	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/internal/policy"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+type loadedPolicy struct {
+	p       *policy.Policy
+	version uint64
+}
+
+// PolicySet is the control plane's in-memory view of the stored policies,
+// used to compute each agent's check assignment.
+type PolicySet struct {
+	mu         sync.RWMutex
+	policies   []loadedPolicy
+	generation uint64
+}
+
+// NewPolicySet loads the policies from the store. The assignment generation
+// starts at the current time in nanoseconds so it only grows across
+// restarts.
+func NewPolicySet(st store.Store) (*PolicySet, error) {
+	ps := &PolicySet{generation: uint64(time.Now().UnixNano())}
+	if err := ps.Reload(st); err != nil {
+		return nil, err
+	}
+	return ps, nil
+}
+
+// Reload re-reads every policy from the store.
+func (ps *PolicySet) Reload(st store.Store) error {
+	stored, err := st.ListPolicies()
+	if err != nil {
+		return fmt.Errorf("load policies: %w", err)
+	}
+	loaded := make([]loadedPolicy, 0, len(stored))
+	for _, sp := range stored {
+		p, err := policy.FromSpecJSON(sp.Name, sp.Version, sp.Spec)
+		if err != nil {
+			return fmt.Errorf("stored policy %s v%d: %w", sp.Name, sp.Version, err)
+		}
+		loaded = append(loaded, loadedPolicy{p: p, version: sp.Version})
+	}
+	sort.Slice(loaded, func(i, j int) bool { return loaded[i].p.Name() < loaded[j].p.Name() })
+	ps.mu.Lock()
+	ps.policies = loaded
+	ps.generation++
+	ps.mu.Unlock()
+	return nil
+}
+
+// Assignment is the complete set of policy checks for an agent's labels.
+func (ps *PolicySet) Assignment(labels map[string]string) *agentv1.CheckAssignment {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	a := &agentv1.CheckAssignment{Generation: ps.generation}
+	for _, lp := range ps.policies {
+		if lp.p.Matches(labels) {
+			a.Checks = append(a.Checks, lp.p.CheckSpec(lp.version))
+		}
+	}
+	return a
+}
+
+// MatchedAgents lists the names of the agents a policy's selector matches.
+func (ps *PolicySet) MatchedAgents(name string, agents []store.Agent) []string {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	var out []string
+	for _, lp := range ps.policies {
+		if lp.p.Name() != name {
+			continue
+		}
+		for _, a := range agents {
+			if !a.Revoked && lp.p.Matches(a.Labels) {
+				out = append(out, a.Name)
+			}
+		}
+	}
+	return out
+}
+
+// PushAll sends every connected agent its current assignment.
+func (ps *PolicySet) PushAll(f *fleet.Registry) {
+	f.Connected(func(a store.Agent, s *fleet.Session) {
+		s.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Checks{Checks: ps.Assignment(a.Labels)}})
+	})
+}

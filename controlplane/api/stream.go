@@ -1,0 +1,240 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"tend.dev/tend/controlplane/fleet"
+	"tend.dev/tend/controlplane/ingest"
+	"tend.dev/tend/controlplane/store"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// Limits on what an agent may send.
+const (
+	MaxBatchResults  = 5000
+	MaxCheckIDLen    = 256
+	MaxOutputLen     = 4096
+	MaxMetrics       = 64
+	maxInFlightAcks  = 32
+	helloTimeout     = 10 * time.Second
+	sessionQueueSize = 256
+)
+
+// Stream implements tend.agent.v1.AgentService.
+type Stream struct {
+	agentv1.UnsafeAgentServiceServer
+
+	Store    store.Store
+	Fleet    *fleet.Registry
+	Ingest   *ingest.Committer
+	Policies *PolicySet
+	Log      *slog.Logger
+	Now      func() time.Time
+	Streams  prometheus.Gauge
+}
+
+type recvResult struct {
+	msg *agentv1.ConnectRequest
+	err error
+}
+
+// Connect runs one agent's stream.
+func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
+	ctx := stream.Context()
+	id, ok := IdentityFrom(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "no identity")
+	}
+	log := h.Log.With("agent_id", id.ID)
+
+	// The first message must be Hello.
+	first := make(chan recvResult, 1)
+	go func() {
+		m, err := stream.Recv()
+		first <- recvResult{m, err}
+	}()
+	var hello *agentv1.Hello
+	select {
+	case r := <-first:
+		if r.err != nil {
+			return r.err
+		}
+		hello = r.msg.GetHello()
+		if hello == nil {
+			return status.Error(codes.InvalidArgument, "the first message on the agent stream must be hello")
+		}
+	case <-time.After(helloTimeout):
+		return status.Error(codes.DeadlineExceeded, "no hello within 10s")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := ValidateLabels(hello.GetLabels()); err != nil {
+		return status.Error(codes.InvalidArgument, "hello: "+err.Error())
+	}
+
+	sess := fleet.NewSession(ctx, id.ID, sessionQueueSize)
+	agent, err := h.Fleet.Attach(id.ID, sess, hello, h.Now())
+	if err != nil {
+		return toStatus(err)
+	}
+	defer h.Fleet.Detach(id.ID, sess)
+	if h.Streams != nil {
+		h.Streams.Inc()
+		defer h.Streams.Dec()
+	}
+	log = log.With("agent", agent.Name)
+	counters, err := h.Store.Counters(id.ID)
+	if err != nil {
+		return toStatus(err)
+	}
+	log.Info("agent connected", "version", hello.GetVersion(), "outbox_pending", hello.GetOutboxPending(), "acked_through", counters.HighWater)
+
+	// One writer: gRPC allows a single concurrent Send.
+	writeErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case m := <-sess.Out():
+				if err := stream.Send(m); err != nil {
+					writeErr <- err
+					sess.Close(err)
+					return
+				}
+			case <-sess.Context().Done():
+				return
+			}
+		}
+	}()
+
+	sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
+		AgentId:             id.ID,
+		Name:                agent.Name,
+		HeartbeatInterval:   durationpb.New(h.Fleet.HeartbeatInterval()),
+		HeartbeatTtl:        durationpb.New(h.Fleet.TTL()),
+		ServerTime:          timestamppb.New(h.Now()),
+		ResultsAckedThrough: counters.HighWater,
+	}}})
+	sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Checks{Checks: h.Policies.Assignment(agent.Labels)}})
+
+	// Reader: bounded acks in flight give back-pressure to a fast agent.
+	inflight := make(chan struct{}, maxInFlightAcks)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				readErr <- err
+				return
+			}
+			h.Fleet.Seen(id.ID, h.Now())
+			if err := h.handle(sess, id.ID, m, inflight); err != nil {
+				readErr <- err
+				return
+			}
+		}
+	}()
+
+	select {
+	case err := <-readErr:
+		sess.Close(err)
+		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+			log.Info("agent disconnected")
+			return nil
+		}
+		log.Info("agent stream ended", "err", err)
+		return err
+	case err := <-writeErr:
+		log.Info("agent stream send failed", "err", err)
+		return err
+	case <-sess.Context().Done():
+		cause := context.Cause(sess.Context())
+		log.Info("agent stream closed by control plane", "reason", cause)
+		if errors.Is(cause, fleet.ErrRevoked) {
+			return status.Error(codes.PermissionDenied, cause.Error())
+		}
+		return status.Error(codes.Unavailable, fmt.Sprint(cause))
+	}
+}
+
+func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectRequest, inflight chan struct{}) error {
+	switch msg := m.GetMsg().(type) {
+	case *agentv1.ConnectRequest_Heartbeat:
+		h.Fleet.NoteDropped(agentID, msg.Heartbeat.GetOutboxDroppedTotal())
+		sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_HeartbeatAck{HeartbeatAck: &agentv1.HeartbeatAck{ServerTime: timestamppb.New(h.Now())}}})
+	case *agentv1.ConnectRequest_Results:
+		b := msg.Results
+		if err := ValidateBatch(b); err != nil {
+			return status.Errorf(codes.InvalidArgument, "result batch %d: %v", b.GetBatchId(), err)
+		}
+		h.Fleet.NoteDropped(agentID, b.GetOutboxDroppedTotal())
+		select {
+		case inflight <- struct{}{}:
+		case <-sess.Context().Done():
+			return sess.Context().Err()
+		}
+		batchID := b.GetBatchId()
+		h.Ingest.SubmitAsync(store.ResultBatch{AgentID: agentID, Results: b.GetResults(), OutboxDropped: b.GetOutboxDroppedTotal()},
+			func(out store.CommitOutcome, err error) {
+				<-inflight
+				if err != nil {
+					// Not acknowledged: the agent keeps the batch and resends.
+					h.Log.Error("commit results", "agent_id", agentID, "batch_id", batchID, "err", err)
+					sess.Close(fmt.Errorf("results not stored: %w", err))
+					return
+				}
+				sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Ack{Ack: &agentv1.BatchAck{
+					BatchId: batchID, AckedThrough: out.AckedThrough, Stored: uint32(out.Stored),
+				}}})
+			})
+	case *agentv1.ConnectRequest_Hello:
+		return status.Error(codes.InvalidArgument, "hello may only be sent once per stream")
+	case *agentv1.ConnectRequest_TaskUpdate:
+		// Tasks arrive with the remediation issue; ignore updates until then.
+	default:
+		return status.Error(codes.InvalidArgument, "empty or unknown message on the agent stream")
+	}
+	return nil
+}
+
+// ValidateBatch checks a result batch from an agent (hostile input): size,
+// strictly increasing seq, sane check ids, capped output and metrics.
+func ValidateBatch(b *agentv1.ResultBatch) error {
+	rs := b.GetResults()
+	if len(rs) == 0 {
+		return errors.New("no results")
+	}
+	if len(rs) > MaxBatchResults {
+		return fmt.Errorf("%d results, max %d", len(rs), MaxBatchResults)
+	}
+	var prev uint64
+	for i, r := range rs {
+		switch {
+		case r.GetSeq() == 0:
+			return fmt.Errorf("result %d: seq must be > 0", i)
+		case r.GetSeq() <= prev:
+			return fmt.Errorf("result %d: seq %d not above the previous %d", i, r.GetSeq(), prev)
+		case r.GetCheckId() == "" || len(r.GetCheckId()) > MaxCheckIDLen || !utf8.ValidString(r.GetCheckId()):
+			return fmt.Errorf("result %d: bad check id", i)
+		case len(r.GetOutput()) > MaxOutputLen+64:
+			return fmt.Errorf("result %d: output of %d bytes, max %d", i, len(r.GetOutput()), MaxOutputLen)
+		case len(r.GetMetrics()) > MaxMetrics:
+			return fmt.Errorf("result %d: %d metrics, max %d", i, len(r.GetMetrics()), MaxMetrics)
+		case r.GetStatus() == agentv1.CheckStatus_CHECK_STATUS_UNSPECIFIED:
+			return fmt.Errorf("result %d: status unspecified", i)
+		}
+		prev = r.GetSeq()
+	}
+	return nil
+}

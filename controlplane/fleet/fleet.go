@@ -1,0 +1,529 @@
+// Package fleet is the control plane's registry of agents: who is enrolled,
+// who is connected on which stream, and liveness, which the server owns.
+//
+// Liveness follows Nomad's heartbeat design: every agent has one timer. Any
+// message from the agent resets it; if it fires, the agent is marked down.
+// The timer's length is the heartbeat TTL plus a grace period. The TTL grows
+// with the fleet (so that the fleet as a whole sends at most
+// MaxHeartbeatsPerSecond heartbeats) and never drops below MinTTL; agents are
+// told to heartbeat every TTL/2. Heartbeats only touch memory: the registry
+// persists lastSeen in one batched write every FlushInterval, and status
+// changes right away.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"tend.dev/tend/controlplane/store"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// Defaults for Config.
+const (
+	DefaultMinTTL                 = 10 * time.Second
+	DefaultGrace                  = 5 * time.Second
+	DefaultMaxHeartbeatsPerSecond = 2000
+	DefaultFlushInterval          = 30 * time.Second
+)
+
+// Config configures a Registry.
+type Config struct {
+	Store                  store.Store
+	MinTTL                 time.Duration
+	Grace                  time.Duration
+	MaxHeartbeatsPerSecond float64
+	FlushInterval          time.Duration
+	Log                    *slog.Logger
+	// OnChange is called (without locks held) after an agent's status changes.
+	OnChange func(a store.Agent)
+}
+
+// ErrRevoked is returned when a revoked agent tries to attach.
+var ErrRevoked = errors.New("agent certificate revoked: enroll again with a new token")
+
+type entry struct {
+	agent     store.Agent
+	session   *Session
+	timer     *time.Timer
+	dirty     bool // status/metadata changed: flush now
+	seenDirty bool // only lastSeen changed: flush on the next tick
+}
+
+// Registry is the set of agents known to the control plane.
+type Registry struct {
+	cfg    Config
+	log    *slog.Logger
+	mu     sync.Mutex
+	agents map[string]*entry
+	kick   chan struct{}
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	closed bool
+}
+
+// New loads every agent from the store. Agents that were connected when the
+// control plane stopped are marked disconnected, and get a timer of TTL +
+// grace plus a random stagger of up to one TTL, so that a restart does not
+// mark the whole fleet down at once, nor make it reconnect at once.
+func New(cfg Config) (*Registry, error) {
+	if cfg.MinTTL <= 0 {
+		cfg.MinTTL = DefaultMinTTL
+	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = DefaultGrace
+	}
+	if cfg.MaxHeartbeatsPerSecond <= 0 {
+		cfg.MaxHeartbeatsPerSecond = DefaultMaxHeartbeatsPerSecond
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = DefaultFlushInterval
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	r := &Registry{
+		cfg:    cfg,
+		log:    cfg.Log,
+		agents: map[string]*entry{},
+		kick:   make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+	}
+	agents, err := cfg.Store.ListAgents()
+	if err != nil {
+		return nil, fmt.Errorf("load agents: %w", err)
+	}
+	ttl := r.ttlFor(len(agents))
+	for _, a := range agents {
+		e := &entry{agent: a}
+		r.agents[a.ID] = e
+		if a.Revoked || a.Status == store.StatusDown {
+			continue
+		}
+		if a.Status == store.StatusConnected {
+			e.agent.Status = store.StatusDisconnected
+			e.dirty = true
+		}
+		stagger := time.Duration(rand.Int64N(int64(ttl)))
+		r.startTimerLocked(a.ID, e, ttl+cfg.Grace+stagger)
+	}
+	r.wg.Add(1)
+	go r.flusher()
+	r.signal()
+	return r, nil
+}
+
+// ttlFor is the heartbeat TTL for a fleet of n agents.
+func (r *Registry) ttlFor(n int) time.Duration {
+	ttl := time.Duration(float64(n) / r.cfg.MaxHeartbeatsPerSecond * float64(time.Second))
+	if ttl < r.cfg.MinTTL {
+		ttl = r.cfg.MinTTL
+	}
+	return ttl
+}
+
+// TTL is the current heartbeat TTL.
+func (r *Registry) TTL() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ttlFor(len(r.agents))
+}
+
+// Grace is added to the TTL before an agent is marked down.
+func (r *Registry) Grace() time.Duration { return r.cfg.Grace }
+
+// HeartbeatInterval is how often agents are told to heartbeat: TTL/2.
+func (r *Registry) HeartbeatInterval() time.Duration { return r.TTL() / 2 }
+
+func (r *Registry) startTimerLocked(id string, e *entry, d time.Duration) {
+	if e.timer != nil {
+		e.timer.Reset(d)
+		return
+	}
+	e.timer = time.AfterFunc(d, func() { r.expire(id) })
+}
+
+func (r *Registry) signal() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Add registers a newly enrolled agent (already stored by the enrollment).
+func (r *Registry) Add(a store.Agent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.agents[a.ID]; ok {
+		return
+	}
+	r.agents[a.ID] = &entry{agent: a}
+}
+
+// Get returns a copy of the agent.
+func (r *Registry) Get(id string) (store.Agent, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.agents[id]
+	if !ok {
+		return store.Agent{}, false
+	}
+	return copyAgent(e.agent), true
+}
+
+// Lookup finds an agent by id or name.
+func (r *Registry) Lookup(nameOrID string) (store.Agent, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.agents[nameOrID]; ok {
+		return copyAgent(e.agent), true
+	}
+	for _, e := range r.agents {
+		if e.agent.Name == nameOrID && !e.agent.Revoked {
+			return copyAgent(e.agent), true
+		}
+	}
+	return store.Agent{}, false
+}
+
+// Allowed reports whether an agent id may use the agent API: enrolled and
+// not revoked.
+func (r *Registry) Allowed(id string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.agents[id]
+	switch {
+	case !ok:
+		return fmt.Errorf("agent %s is not enrolled", id)
+	case e.agent.Revoked:
+		return ErrRevoked
+	}
+	return nil
+}
+
+// List returns every agent sorted by name.
+func (r *Registry) List() []store.Agent {
+	r.mu.Lock()
+	out := make([]store.Agent, 0, len(r.agents))
+	for _, e := range r.agents {
+		out = append(out, copyAgent(e.agent))
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// Counts returns how many agents are in each status (revoked not counted).
+func (r *Registry) Counts() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := map[string]int{store.StatusConnected: 0, store.StatusDisconnected: 0, store.StatusDown: 0}
+	for _, e := range r.agents {
+		if !e.agent.Revoked {
+			c[e.agent.Status]++
+		}
+	}
+	return c
+}
+
+// Attach makes s the agent's live session, replacing (and closing) any
+// older one, records the metadata from Hello and marks it connected.
+func (r *Registry) Attach(id string, s *Session, hello *agentv1.Hello, now time.Time) (store.Agent, error) {
+	r.mu.Lock()
+	e, ok := r.agents[id]
+	if !ok {
+		r.mu.Unlock()
+		return store.Agent{}, fmt.Errorf("agent %s is not enrolled", id)
+	}
+	if e.agent.Revoked {
+		r.mu.Unlock()
+		return store.Agent{}, ErrRevoked
+	}
+	old := e.session
+	e.session = s
+	e.agent.Status = store.StatusConnected
+	e.agent.LastSeen = now
+	if hello != nil {
+		if hello.GetLabels() != nil {
+			e.agent.Labels = cloneMap(hello.GetLabels())
+		}
+		if hello.GetFacts() != nil {
+			e.agent.Facts = cloneMap(hello.GetFacts())
+		}
+		e.agent.Version = hello.GetVersion()
+		if d := hello.GetOutboxDroppedTotal(); d > e.agent.OutboxDropped {
+			e.agent.OutboxDropped = d
+		}
+	}
+	e.dirty = true
+	r.startTimerLocked(id, e, r.ttlFor(len(r.agents))+r.cfg.Grace)
+	a := copyAgent(e.agent)
+	r.mu.Unlock()
+	if old != nil {
+		old.Close(errors.New("replaced by a newer stream from the same agent"))
+	}
+	r.signal()
+	r.changed(a)
+	return a, nil
+}
+
+// Detach ends s; if it was the agent's live session, the agent becomes
+// disconnected (its timer keeps running and will mark it down).
+func (r *Registry) Detach(id string, s *Session) {
+	r.mu.Lock()
+	e, ok := r.agents[id]
+	if !ok || e.session != s {
+		r.mu.Unlock()
+		return
+	}
+	e.session = nil
+	if e.agent.Status == store.StatusConnected {
+		e.agent.Status = store.StatusDisconnected
+		e.dirty = true
+	}
+	a := copyAgent(e.agent)
+	r.mu.Unlock()
+	r.signal()
+	r.changed(a)
+}
+
+// Seen records a sign of life: it resets the agent's timer in memory only.
+func (r *Registry) Seen(id string, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.agents[id]
+	if !ok || e.agent.Revoked {
+		return
+	}
+	e.agent.LastSeen = now
+	e.seenDirty = true
+	r.startTimerLocked(id, e, r.ttlFor(len(r.agents))+r.cfg.Grace)
+}
+
+// NoteDropped records the agent's outbox drop counter.
+func (r *Registry) NoteDropped(id string, dropped uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.agents[id]; ok && dropped > e.agent.OutboxDropped {
+		e.agent.OutboxDropped = dropped
+		e.seenDirty = true
+	}
+}
+
+func (r *Registry) expire(id string) {
+	r.mu.Lock()
+	e, ok := r.agents[id]
+	if !ok || r.closed || e.agent.Revoked || e.agent.Status == store.StatusDown {
+		r.mu.Unlock()
+		return
+	}
+	e.agent.Status = store.StatusDown
+	e.dirty = true
+	s := e.session
+	e.session = nil
+	a := copyAgent(e.agent)
+	r.mu.Unlock()
+	r.log.Warn("agent down: no heartbeat within TTL plus grace", "agent_id", id, "agent", a.Name, "last_seen", a.LastSeen)
+	if s != nil {
+		s.Close(errors.New("heartbeat TTL expired"))
+	}
+	r.signal()
+	r.changed(a)
+}
+
+// Revoke marks the agent revoked for good, closes its stream, and persists
+// it right away.
+func (r *Registry) Revoke(nameOrID string, now time.Time) (store.Agent, error) {
+	a, ok := r.Lookup(nameOrID)
+	if !ok {
+		return store.Agent{}, fmt.Errorf("agent %q: %w", nameOrID, store.ErrNotFound)
+	}
+	r.mu.Lock()
+	e := r.agents[a.ID]
+	e.agent.Revoked = true
+	e.agent.RevokedAt = now
+	e.agent.Status = store.StatusDown
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	s := e.session
+	e.session = nil
+	e.dirty = false
+	a = copyAgent(e.agent)
+	r.mu.Unlock()
+	if s != nil {
+		s.Close(ErrRevoked)
+	}
+	if err := r.cfg.Store.PutAgents([]store.Agent{a}); err != nil {
+		return a, fmt.Errorf("persist revocation: %w", err)
+	}
+	r.changed(a)
+	return a, nil
+}
+
+// Session returns the agent's live session, if any.
+func (r *Registry) Session(id string) *Session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.agents[id]; ok {
+		return e.session
+	}
+	return nil
+}
+
+// Connected calls fn for every agent with a live session.
+func (r *Registry) Connected(fn func(a store.Agent, s *Session)) {
+	type pair struct {
+		a store.Agent
+		s *Session
+	}
+	r.mu.Lock()
+	var ps []pair
+	for _, e := range r.agents {
+		if e.session != nil {
+			ps = append(ps, pair{copyAgent(e.agent), e.session})
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range ps {
+		fn(p.a, p.s)
+	}
+}
+
+func (r *Registry) changed(a store.Agent) {
+	if r.cfg.OnChange != nil {
+		r.cfg.OnChange(a)
+	}
+}
+
+func (r *Registry) flusher() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.cfg.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			r.flush(true)
+			return
+		case <-r.kick:
+			r.flush(false)
+		case <-t.C:
+			r.flush(true)
+		}
+	}
+}
+
+// flush persists changed agents in one transaction. Status changes always;
+// lastSeen-only changes when all is true.
+func (r *Registry) flush(all bool) {
+	r.mu.Lock()
+	var batch []store.Agent
+	for _, e := range r.agents {
+		if e.dirty || (all && e.seenDirty) {
+			batch = append(batch, copyAgent(e.agent))
+			e.dirty, e.seenDirty = false, false
+		}
+	}
+	r.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	if err := r.cfg.Store.PutAgents(batch); err != nil {
+		r.log.Error("persist agent liveness", "agents", len(batch), "err", err)
+		r.mu.Lock()
+		for _, a := range batch {
+			if e, ok := r.agents[a.ID]; ok {
+				e.dirty = true
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+// Stop stops every timer, closes the sessions and flushes state.
+func (r *Registry) Stop() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.closed = true
+	var sessions []*Session
+	for _, e := range r.agents {
+		if e.timer != nil {
+			e.timer.Stop()
+		}
+		if e.session != nil {
+			sessions = append(sessions, e.session)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range sessions {
+		s.Close(errors.New("control plane shutting down"))
+	}
+	close(r.stop)
+	r.wg.Wait()
+}
+
+func copyAgent(a store.Agent) store.Agent {
+	a.Labels = cloneMap(a.Labels)
+	a.Facts = cloneMap(a.Facts)
+	return a
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// Session is one live agent stream. Messages to the agent go through Send,
+// which a single writer goroutine drains (gRPC allows one sender).
+type Session struct {
+	AgentID string
+	out     chan *agentv1.ConnectResponse
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+}
+
+// NewSession creates a session bound to the stream's context.
+func NewSession(ctx context.Context, agentID string, buffer int) *Session {
+	ctx, cancel := context.WithCancelCause(ctx)
+	return &Session{AgentID: agentID, out: make(chan *agentv1.ConnectResponse, buffer), ctx: ctx, cancel: cancel}
+}
+
+// Context is cancelled when the session ends.
+func (s *Session) Context() context.Context { return s.ctx }
+
+// Out is the channel the writer drains.
+func (s *Session) Out() <-chan *agentv1.ConnectResponse { return s.out }
+
+// Send queues a message for the agent; it blocks while the queue is full and
+// returns false once the session has ended.
+func (s *Session) Send(m *agentv1.ConnectResponse) bool {
+	select {
+	case s.out <- m:
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
+}
+
+// Close ends the session with a reason.
+func (s *Session) Close(reason error) { s.cancel(reason) }

@@ -1,0 +1,347 @@
+// Package server wires the control plane together: PKI, store, fleet
+// registry, ingest, gRPC services and the HTTP endpoint (/metrics, /healthz).
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"tend.dev/tend/controlplane/api"
+	"tend.dev/tend/controlplane/fleet"
+	"tend.dev/tend/controlplane/ingest"
+	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/controlplane/store/bolt"
+	"tend.dev/tend/internal/adminconf"
+	"tend.dev/tend/internal/pki"
+	adminv1 "tend.dev/tend/proto/tend/admin/v1"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// Config is the control plane's configuration (flags of tend-controlplane).
+type Config struct {
+	DataDir    string
+	Listen     string // gRPC: agents and admin API
+	HTTPListen string // /metrics, /healthz ("" disables)
+	// TLSSANs are extra names/IPs for the serving certificate.
+	TLSSANs         []string
+	AgentCertTTL    time.Duration
+	HeartbeatMinTTL time.Duration
+	HeartbeatGrace  time.Duration
+	HistoryPerCheck int
+	// MaxRecvMsgSize caps one gRPC message (default 4 MiB).
+	MaxRecvMsgSize int
+	Log            *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultAgentCertTTL = 24 * time.Hour
+	AdminCertTTL        = 365 * 24 * time.Hour
+	ServerCertTTL       = 365 * 24 * time.Hour
+	StoreFile           = "tend.db"
+	AdminConfFile       = "admin.conf"
+)
+
+// Server is a running control plane.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	ca       *pki.CA
+	signing  *pki.SigningKey
+	store    store.Store
+	fleet    *fleet.Registry
+	ingest   *ingest.Committer
+	policies *PolicySetHandle
+	grpc     *grpc.Server
+	http     *http.Server
+	lis      net.Listener
+	httpLis  net.Listener
+	reg      *prometheus.Registry
+	wg       sync.WaitGroup
+}
+
+// PolicySetHandle is exported for tests.
+type PolicySetHandle = api.PolicySet
+
+// New prepares the control plane: creates the data dir, CA, signing key and
+// admin.conf on first start, opens the store and binds the listeners.
+func New(cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.AgentCertTTL <= 0 {
+		cfg.AgentCertTTL = DefaultAgentCertTTL
+	}
+	if cfg.MaxRecvMsgSize <= 0 {
+		cfg.MaxRecvMsgSize = 4 << 20
+	}
+	log := cfg.Log
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
+	}
+	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created CA", "dir", cfg.DataDir, "pin", ca.Pin())
+	}
+	signing, created, err := pki.LoadOrCreateSigningKey(filepath.Join(cfg.DataDir, pki.SigningKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created task-signing key", "key_id", signing.ID)
+	}
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	s := &Server{cfg: cfg, log: log, ca: ca, signing: signing, lis: lis, reg: prometheus.NewRegistry()}
+	cleanup := func() { lis.Close() }
+	if err := s.writeAdminConf(); err != nil {
+		cleanup()
+		return nil, err
+	}
+
+	st, err := bolt.Open(filepath.Join(cfg.DataDir, StoreFile), bolt.Options{HistoryPerCheck: cfg.HistoryPerCheck})
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	s.store = st
+	cleanup = func() { lis.Close(); st.Close() }
+
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	streams := prometheus.NewGauge(prometheus.GaugeOpts{Name: "tend_agent_streams", Help: "Open agent streams."})
+	s.reg.MustRegister(streams)
+
+	s.fleet, err = fleet.New(fleet.Config{
+		Store:  st,
+		MinTTL: cfg.HeartbeatMinTTL,
+		Grace:  cfg.HeartbeatGrace,
+		Log:    log.With("component", "fleet"),
+	})
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tend_heartbeat_ttl_seconds", Help: "Current heartbeat TTL."},
+		func() float64 { return s.fleet.TTL().Seconds() }))
+	s.reg.MustRegister(&fleetCollector{f: s.fleet, desc: prometheus.NewDesc("tend_fleet_agents", "Agents by status.", []string{"status"}, nil)})
+
+	s.ingest = ingest.New(st, ingest.Options{Registerer: s.reg}, log.With("component", "ingest"))
+	s.policies, err = api.NewPolicySet(st)
+	if err != nil {
+		s.fleet.Stop()
+		cleanup()
+		return nil, err
+	}
+
+	serverCert, err := ca.IssueServerCert(s.serverNames(), ServerCertTTL)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	tlsConf := &tls.Config{
+		Certificates: []tls.Certificate{serverCert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    ca.Pool(),
+		MinVersion:   tls.VersionTLS13,
+	}
+	auth := &api.Authorizer{AgentAllowed: s.fleet.Allowed, Log: log.With("component", "auth")}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.ChainUnaryInterceptor(auth.Unary),
+		grpc.ChainStreamInterceptor(auth.Stream),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Small per-connection buffers: a fleet means many mostly idle streams.
+		grpc.ReadBufferSize(16<<10),
+		grpc.WriteBufferSize(16<<10),
+	)
+	now := time.Now
+	agentv1.RegisterEnrollmentServiceServer(s.grpc, &api.Enrollment{
+		Store: st, Fleet: s.fleet, CA: ca, SigningKeys: s.signingKeys, AgentCertTTL: cfg.AgentCertTTL,
+		Log: log.With("component", "enroll"), Now: now,
+	})
+	agentv1.RegisterAgentServiceServer(s.grpc, &api.Stream{
+		Store: st, Fleet: s.fleet, Ingest: s.ingest, Policies: s.policies,
+		Log: log.With("component", "stream"), Now: now, Streams: streams,
+	})
+	adminv1.RegisterAdminServiceServer(s.grpc, &api.Admin{
+		Store: st, Fleet: s.fleet, Policies: s.policies, CA: ca, Log: log.With("component", "admin"), Now: now,
+	})
+
+	if cfg.HTTPListen != "" {
+		s.httpLis, err = net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			s.fleet.Stop()
+			cleanup()
+			return nil, fmt.Errorf("http listen %s: %w", cfg.HTTPListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			fmt.Fprintln(w, "ok")
+		})
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	}
+	return s, nil
+}
+
+// serverNames are the names and IPs the serving certificate is valid for.
+func (s *Server) serverNames() []string {
+	names := []string{"localhost", "127.0.0.1", "::1"}
+	if host, _, err := net.SplitHostPort(s.cfg.Listen); err == nil && host != "" && host != "0.0.0.0" && host != "::" {
+		names = append(names, host)
+	}
+	if h, err := os.Hostname(); err == nil {
+		names = append(names, h)
+	}
+	return append(names, s.cfg.TLSSANs...)
+}
+
+func (s *Server) signingKeys() []*agentv1.SigningKey {
+	return []*agentv1.SigningKey{{KeyId: s.signing.ID, PublicKey: s.signing.Pub}}
+}
+
+// writeAdminConf writes DATA_DIR/admin.conf on first start; later starts
+// only update its server address if the listen address changed.
+func (s *Server) writeAdminConf() error {
+	path := filepath.Join(s.cfg.DataDir, AdminConfFile)
+	addr := s.AdminAddr()
+	if c, err := adminconf.Load(path); err == nil {
+		if c.Server == addr {
+			return nil
+		}
+		c.Server = addr
+		return adminconf.Save(path, c)
+	} else if _, statErr := os.Stat(path); statErr == nil {
+		return fmt.Errorf("existing %s is unreadable: %w (remove it to have a new one written)", path, err)
+	}
+	certPEM, keyPEM, err := s.ca.IssueClientCert("admin", pki.RoleAdmin, AdminCertTTL)
+	if err != nil {
+		return err
+	}
+	if err := adminconf.Save(path, &adminconf.Config{Server: addr, CA: string(s.ca.CertPEM), Cert: string(certPEM), Key: string(keyPEM)}); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	s.log.Info("wrote admin client config", "path", path)
+	return nil
+}
+
+// AdminAddr is the address clients should dial (wildcards become loopback).
+func (s *Server) AdminAddr() string {
+	host, port, err := net.SplitHostPort(s.lis.Addr().String())
+	if err != nil {
+		return s.lis.Addr().String()
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// HTTPAddr is the bound HTTP address ("" if disabled).
+func (s *Server) HTTPAddr() string {
+	if s.httpLis == nil {
+		return ""
+	}
+	return s.httpLis.Addr().String()
+}
+
+// Store exposes the store (tests).
+func (s *Server) Store() store.Store { return s.store }
+
+// Fleet exposes the registry (tests).
+func (s *Server) Fleet() *fleet.Registry { return s.fleet }
+
+// CA exposes the CA (tests).
+func (s *Server) CA() *pki.CA { return s.ca }
+
+// Run serves until ctx is done, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	s.ingest.Start()
+	errc := make(chan error, 2)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("grpc: %w", err)
+		}
+	}()
+	if s.http != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("http: %w", err)
+			}
+		}()
+	}
+	s.log.Info("control plane ready", "listen", s.AdminAddr(), "http", s.HTTPAddr(), "data_dir", s.cfg.DataDir,
+		"heartbeat_ttl", s.fleet.TTL(), "heartbeat_grace", s.fleet.Grace())
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	s.shutdown()
+	return runErr
+}
+
+func (s *Server) shutdown() {
+	s.log.Info("control plane stopping")
+	// Close agent sessions first so that streams end promptly.
+	s.fleet.Stop()
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.grpc.Stop()
+	}
+	if s.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.http.Shutdown(ctx)
+		cancel()
+	}
+	s.ingest.Stop()
+	s.wg.Wait()
+	if err := s.store.Close(); err != nil {
+		s.log.Error("close store", "err", err)
+	}
+	s.log.Info("control plane stopped")
+}
+
+type fleetCollector struct {
+	f    *fleet.Registry
+	desc *prometheus.Desc
+}
+
+func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
+	for st, n := range c.f.Counts() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), st)
+	}
+}
