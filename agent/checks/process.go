@@ -58,8 +58,9 @@ func newProcessCheck(spec *agentv1.CheckSpec) (Checker, error) {
 		if !filepath.IsAbs(pidfile) || strings.ContainsRune(pidfile, 0) {
 			return nil, fmt.Errorf("process check: pidfile %s must be an absolute path", quote(pidfile))
 		}
+		pidfile = filepath.Clean(pidfile)
 	}
-	return &processCheck{procRoot: defaultProcRoot, name: name, pidfile: filepath.Clean(pidfile)}, nil
+	return &processCheck{procRoot: defaultProcRoot, name: name, pidfile: pidfile}, nil
 }
 
 func (c *processCheck) Check(ctx context.Context) Result {

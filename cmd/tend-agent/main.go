@@ -39,8 +39,8 @@ func run() int {
 	fs := flag.NewFlagSet("tend-agent", flag.ContinueOnError)
 	var (
 		server, token, dataDir, name, labels, cfgPath, pluginDir, logLevel string
-		maxBackoff                                                          time.Duration
-		showVer                                                             bool
+		maxBackoff                                                         time.Duration
+		showVer                                                            bool
 	)
 	fs.StringVar(&server, "server", "", "control plane address HOST:PORT (default from --config, else 127.0.0.1:7400)")
 	fs.StringVar(&token, "token", "", "join token from 'tendctl token create' (first start only)")

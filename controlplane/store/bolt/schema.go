@@ -1,0 +1,437 @@
+package bolt
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"go.etcd.io/bbolt"
+
+	"tend.dev/tend/controlplane/store"
+)
+
+// This file is the only place that knows bucket names and key layouts: every
+// read and write of the database goes through the typed accessors of txn
+// below (like etcd's server/storage/schema/bucket.go).
+
+// SchemaVersion is the on-disk layout this binary reads and writes. Opening a
+// store with a newer version fails; an older one is upgraded in place by the
+// steps in upgrades.
+const SchemaVersion uint64 = 1
+
+// ErrSchemaTooNew is returned by Open when the store was written by a newer
+// tend-controlplane.
+var ErrSchemaTooNew = errors.New("store schema version is newer than this binary supports")
+
+type bucket struct {
+	name []byte
+}
+
+// Every bucket of the store.
+var (
+	// meta: schema_version → 8-byte big-endian version.
+	bucketMeta = bucket{[]byte("meta")}
+	// agents: agent id → JSON store.Agent. Never deleted, so that an id is
+	// never handed out twice.
+	bucketAgents = bucket{[]byte("agents")}
+	// agent_names: name → id of the agent that last took the name.
+	bucketAgentNames = bucket{[]byte("agent_names")}
+	// tokens: token id → JSON store.Token.
+	bucketTokens = bucket{[]byte("tokens")}
+	// policies: name → JSON store.Policy.
+	bucketPolicies = bucket{[]byte("policies")}
+	// policy_versions: name → 8-byte last version ever given, kept after a
+	// delete so that a re-created policy never repeats a version.
+	bucketPolicyVersions = bucket{[]byte("policy_versions")}
+	// check_state: agentID 0x00 checkID → stateRecord (binary header +
+	// protobuf CheckResult).
+	bucketCheckState = bucket{[]byte("check_state")}
+	// history: agentID 0x00 checkID 0x00 seq(8, big-endian) → protobuf
+	// CheckResult.
+	bucketHistory = bucket{[]byte("history")}
+	// agent_counters: agent id → counterRecord (16 bytes).
+	bucketAgentCounters = bucket{[]byte("agent_counters")}
+)
+
+var allBuckets = []bucket{
+	bucketMeta, bucketAgents, bucketAgentNames, bucketTokens, bucketPolicies,
+	bucketPolicyVersions, bucketCheckState, bucketHistory, bucketAgentCounters,
+}
+
+var keySchemaVersion = []byte("schema_version")
+
+// upgradeStep moves a store from version from to from+1, inside the
+// transaction that opens the store (so an upgrade is all or nothing).
+// Buckets that are new in the target version are created after the last
+// step; a step only converts data.
+type upgradeStep struct {
+	from  uint64
+	about string
+	apply func(tx *bbolt.Tx) error
+}
+
+// upgrades is empty: version 1 is the first layout. When the layout changes,
+// bump SchemaVersion and append {from: 1, ...}.
+var upgrades = []upgradeStep{}
+
+// migrate initialises an empty database at version target, or upgrades an
+// older one with steps. It returns the version found (0 for a new store).
+func migrate(tx *bbolt.Tx, target uint64, steps []upgradeStep) (uint64, error) {
+	meta := tx.Bucket(bucketMeta.name)
+	if meta == nil {
+		var other []string
+		_ = tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
+			other = append(other, string(name))
+			return nil
+		})
+		if len(other) > 0 {
+			return 0, fmt.Errorf("database has buckets %q but no schema version: it is not a Tend store", other)
+		}
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucket(b.name); err != nil {
+				return 0, fmt.Errorf("create bucket %s: %w", b.name, err)
+			}
+		}
+		return 0, putSchemaVersion(tx, target)
+	}
+	v, err := schemaVersion(tx)
+	if err != nil {
+		return 0, err
+	}
+	found := v
+	if v > target {
+		return found, fmt.Errorf("%w: the store has version %d, this binary knows up to %d; run a newer tend-controlplane, or restore a backup made by this version",
+			ErrSchemaTooNew, v, target)
+	}
+	for v < target {
+		i := -1
+		for j, s := range steps {
+			if s.from == v {
+				i = j
+				break
+			}
+		}
+		if i < 0 {
+			return found, fmt.Errorf("no upgrade from store schema version %d to %d", v, v+1)
+		}
+		if err := steps[i].apply(tx); err != nil {
+			return found, fmt.Errorf("upgrade store schema %d→%d (%s): %w", v, v+1, steps[i].about, err)
+		}
+		v++
+	}
+	for _, b := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(b.name); err != nil {
+			return found, fmt.Errorf("create bucket %s: %w", b.name, err)
+		}
+	}
+	if v != found {
+		return found, putSchemaVersion(tx, v)
+	}
+	return found, nil
+}
+
+func schemaVersion(tx *bbolt.Tx) (uint64, error) {
+	meta := tx.Bucket(bucketMeta.name)
+	if meta == nil {
+		return 0, errors.New("no meta bucket: not a Tend store")
+	}
+	raw := meta.Get(keySchemaVersion)
+	if len(raw) != 8 {
+		return 0, fmt.Errorf("corrupt schema version in the meta bucket (%d bytes, want 8)", len(raw))
+	}
+	return binary.BigEndian.Uint64(raw), nil
+}
+
+func putSchemaVersion(tx *bbolt.Tx, v uint64) error {
+	return tx.Bucket(bucketMeta.name).Put(keySchemaVersion, u64(v))
+}
+
+// Keys.
+
+// sep separates the parts of composite keys. Agent ids and check ids must not
+// contain it (checked before anything is written).
+const sep = 0x00
+
+// checkKey is agentID 0x00 checkID: the key of a check's state.
+func checkKey(agentID, checkID string) []byte {
+	k := make([]byte, 0, len(agentID)+1+len(checkID))
+	k = append(k, agentID...)
+	k = append(k, sep)
+	return append(k, checkID...)
+}
+
+// agentPrefix is agentID 0x00: the prefix of all of an agent's checks.
+func agentPrefix(agentID string) []byte {
+	return append([]byte(agentID), sep)
+}
+
+// historyPrefix is checkKey 0x00: the prefix of a check's history.
+func historyPrefix(ck []byte) []byte {
+	p := make([]byte, len(ck)+1, len(ck)+1+8)
+	copy(p, ck)
+	p[len(ck)] = sep
+	return p
+}
+
+// historyKey is historyPrefix + seq (8 bytes, big-endian, so that keys sort
+// by seq).
+func historyKey(prefix []byte, seq uint64) []byte {
+	k := make([]byte, len(prefix)+8)
+	copy(k, prefix)
+	binary.BigEndian.PutUint64(k[len(prefix):], seq)
+	return k
+}
+
+// splitCheckKey returns the agent and check ids of a check_state key.
+func splitCheckKey(k []byte) (agentID, checkID string, ok bool) {
+	i := bytes.IndexByte(k, sep)
+	if i < 0 {
+		return "", "", false
+	}
+	return string(k[:i]), string(k[i+1:]), true
+}
+
+// prefixEnd returns the smallest key greater than every key with prefix p,
+// or nil if there is none.
+func prefixEnd(p []byte) []byte {
+	end := bytes.Clone(p)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+// txn gives typed access to the buckets of one bbolt transaction.
+type txn struct {
+	tx *bbolt.Tx
+}
+
+func (t txn) bucket(b bucket) *bbolt.Bucket {
+	bk := t.tx.Bucket(b.name)
+	if bk == nil {
+		// Open creates every bucket before the store is used.
+		panic(fmt.Sprintf("bolt store: bucket %q missing", b.name))
+	}
+	return bk
+}
+
+func getJSON[T any](b *bbolt.Bucket, key string) (T, bool, error) {
+	var v T
+	raw := b.Get([]byte(key))
+	if raw == nil {
+		return v, false, nil
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, false, fmt.Errorf("decode record %q: %w", key, err)
+	}
+	return v, true, nil
+}
+
+func putJSON(b *bbolt.Bucket, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(key), raw)
+}
+
+// Agents and their name index.
+
+func (t txn) agent(id string) (store.Agent, bool, error) {
+	return getJSON[store.Agent](t.bucket(bucketAgents), id)
+}
+
+func (t txn) agentExists(id string) bool {
+	return t.bucket(bucketAgents).Get([]byte(id)) != nil
+}
+
+func (t txn) putAgent(a store.Agent) error {
+	return putJSON(t.bucket(bucketAgents), a.ID, a)
+}
+
+func (t txn) forEachAgent(fn func(store.Agent) error) error {
+	return t.bucket(bucketAgents).ForEach(func(k, v []byte) error {
+		var a store.Agent
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("decode agent %q: %w", k, err)
+		}
+		return fn(a)
+	})
+}
+
+func (t txn) agentIDByName(name string) string {
+	return string(t.bucket(bucketAgentNames).Get([]byte(name)))
+}
+
+func (t txn) putAgentName(name, id string) error {
+	return t.bucket(bucketAgentNames).Put([]byte(name), []byte(id))
+}
+
+func (t txn) deleteAgentName(name string) error {
+	return t.bucket(bucketAgentNames).Delete([]byte(name))
+}
+
+// Tokens.
+
+func (t txn) token(id string) (store.Token, bool, error) {
+	return getJSON[store.Token](t.bucket(bucketTokens), id)
+}
+
+func (t txn) putToken(tok store.Token) error {
+	return putJSON(t.bucket(bucketTokens), tok.ID, tok)
+}
+
+// Policies.
+
+func (t txn) policy(name string) (store.Policy, bool, error) {
+	return getJSON[store.Policy](t.bucket(bucketPolicies), name)
+}
+
+func (t txn) putPolicy(p store.Policy) error {
+	return putJSON(t.bucket(bucketPolicies), p.Name, p)
+}
+
+func (t txn) deletePolicy(name string) error {
+	return t.bucket(bucketPolicies).Delete([]byte(name))
+}
+
+func (t txn) forEachPolicy(fn func(store.Policy) error) error {
+	return t.bucket(bucketPolicies).ForEach(func(k, v []byte) error {
+		var p store.Policy
+		if err := json.Unmarshal(v, &p); err != nil {
+			return fmt.Errorf("decode policy %q: %w", k, err)
+		}
+		return fn(p)
+	})
+}
+
+func (t txn) lastPolicyVersion(name string) uint64 {
+	raw := t.bucket(bucketPolicyVersions).Get([]byte(name))
+	if len(raw) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(raw)
+}
+
+func (t txn) putLastPolicyVersion(name string, v uint64) error {
+	return t.bucket(bucketPolicyVersions).Put([]byte(name), u64(v))
+}
+
+// Counters.
+
+func (t txn) counters(agentID string) (counterRecord, error) {
+	raw := t.bucket(bucketAgentCounters).Get([]byte(agentID))
+	if raw == nil {
+		return counterRecord{}, nil
+	}
+	return decodeCounters(raw)
+}
+
+func (t txn) putCounters(agentID string, c counterRecord) error {
+	return t.bucket(bucketAgentCounters).Put([]byte(agentID), c.encode())
+}
+
+// Check state.
+
+func (t txn) checkStateBucket() *bbolt.Bucket { return t.bucket(bucketCheckState) }
+
+func (t txn) stateHeader(ck []byte) (stateHeader, bool, error) {
+	raw := t.checkStateBucket().Get(ck)
+	if raw == nil {
+		return stateHeader{}, false, nil
+	}
+	h, _, err := decodeStateHeader(raw)
+	return h, err == nil, err
+}
+
+func (t txn) putState(ck []byte, h stateHeader, result []byte) error {
+	return t.checkStateBucket().Put(ck, h.encode(result))
+}
+
+// forEachState calls fn for every check state whose key starts with prefix
+// (all of them for a nil prefix). k and v are only valid during the call.
+func (t txn) forEachState(prefix []byte, fn func(k, v []byte) error) error {
+	c := t.checkStateBucket().Cursor()
+	var k, v []byte
+	if prefix == nil {
+		k, v = c.First()
+	} else {
+		k, v = c.Seek(prefix)
+	}
+	for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// History.
+
+func (t txn) historyBucket() *bbolt.Bucket { return t.bucket(bucketHistory) }
+
+func (t txn) putHistory(prefix []byte, seq uint64, result []byte) error {
+	return t.historyBucket().Put(historyKey(prefix, seq), result)
+}
+
+// deleteOldestHistory deletes the lowest-seq entry of a check's history and
+// reports whether there was one.
+func (t txn) deleteOldestHistory(prefix []byte) (bool, error) {
+	c := t.historyBucket().Cursor()
+	k, _ := c.Seek(prefix)
+	if k == nil || !bytes.HasPrefix(k, prefix) {
+		return false, nil
+	}
+	return true, c.Delete()
+}
+
+// history returns the raw history entries of a check, oldest first, the
+// newest limit ones if limit > 0. The slices are copies.
+func (t txn) history(prefix []byte, limit int) [][]byte {
+	c := t.historyBucket().Cursor()
+	var out [][]byte
+	if limit <= 0 {
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			out = append(out, bytes.Clone(v))
+		}
+		return out
+	}
+	var k, v []byte
+	if end := prefixEnd(prefix); end != nil {
+		if k, _ = c.Seek(end); k != nil {
+			k, v = c.Prev()
+		} else {
+			k, v = c.Last()
+		}
+	} else {
+		k, v = c.Last()
+	}
+	for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, v = c.Prev() {
+		out = append(out, bytes.Clone(v))
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+// historyLen counts a check's history entries (for Verify).
+func (t txn) historyLen(prefix []byte) uint64 {
+	c := t.historyBucket().Cursor()
+	var n uint64
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		n++
+	}
+	return n
+}
