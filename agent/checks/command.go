@@ -64,7 +64,7 @@ func newCommandCheck(spec *agentv1.CheckSpec) (Checker, error) {
 }
 
 func (c *commandCheck) Check(ctx context.Context) Result {
-	out := newCappedBuffer(MaxOutput)
+	out := newCappedBuffer(MaxOutput - 64) // room for the note on what was dropped
 	cmd := exec.CommandContext(ctx, c.path)
 	cmd.Args = c.argv
 	cmd.Stdout = out
@@ -141,7 +141,7 @@ func killGroup(cmd *exec.Cmd) error {
 // commandOutput renders the captured output as valid UTF-8, marking a cut.
 func commandOutput(out *cappedBuffer) string {
 	b, dropped := out.Bytes()
-	s := strings.TrimRight(validUTF8(b), "\n")
+	s := strings.TrimRight(cleanText(b), "\n")
 	if dropped > 0 {
 		s += fmt.Sprintf("\n…[%d more bytes of output dropped]", dropped)
 	}

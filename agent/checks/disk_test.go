@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,9 +135,9 @@ func TestDiskMissingPath(t *testing.T) {
 func TestDiskHungStatfs(t *testing.T) {
 	c := mustNew(t, diskSpec("/", 90)).(*diskCheck)
 	release := make(chan struct{})
-	calls := 0
+	var calls atomic.Int32
 	c.statfs = func(path string, st *unix.Statfs_t) error {
-		calls++
+		calls.Add(1)
 		<-release
 		return errors.New("released")
 	}
@@ -153,5 +154,5 @@ func TestDiskHungStatfs(t *testing.T) {
 		res := run(t, c, 50*time.Millisecond)
 		return strings.Contains(res.Output, "released")
 	}, 2*time.Second, 10*time.Millisecond)
-	require.Equal(t, 2, calls) // the hung one, then the one after it returned
+	require.Equal(t, int32(2), calls.Load()) // the hung one, then the one after it returned
 }

@@ -80,3 +80,6 @@ func processGone(pid int) bool {
 	st, err := parseProcStat(b)
 	return err == nil && st.dead()
 }
+
+// syscallKill SIGKILLs a pid the test started (directly or not).
+func syscallKill(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }

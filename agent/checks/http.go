@@ -92,7 +92,7 @@ func (c *httpCheck) Check(ctx context.Context) Result {
 	}
 	if resp.StatusCode != c.expect {
 		msg := fmt.Sprintf("GET %s: HTTP %s, expected %d (in %v)", c.redacted, resp.Status, c.expect, took.Round(time.Microsecond))
-		if b := strings.TrimSpace(validUTF8(body)); b != "" {
+		if b := strings.TrimSpace(cleanText(body)); b != "" {
 			msg += "\n" + b
 		}
 		return result(statusCritical, metrics, "%s", msg)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
@@ -36,10 +38,32 @@ func quote(s string) string {
 	return strconv.QuoteToGraphic(s) + cut
 }
 
-// validUTF8 makes arbitrary bytes (a command's output, an HTTP body) safe to
-// carry in a protobuf string field, which must be valid UTF-8.
-func validUTF8(b []byte) string {
-	return strings.ToValidUTF8(string(b), "\uFFFD")
+// cleanText makes arbitrary bytes (a command's output, an HTTP body) safe
+// to carry and show: valid UTF-8, as a protobuf string field must be, with
+// newlines and tabs kept and every other control character escaped (\x1b),
+// so output cannot drive the terminal of whoever reads it.
+func cleanText(b []byte) string {
+	var sb strings.Builder
+	sb.Grow(len(b))
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		switch {
+		case r == utf8.RuneError && size == 1:
+			sb.WriteRune(utf8.RuneError)
+		case r == '\n' || r == '\t':
+			sb.WriteRune(r)
+		case unicode.IsControl(r):
+			if r < 0x100 {
+				fmt.Fprintf(&sb, `\x%02x`, r)
+			} else {
+				fmt.Fprintf(&sb, `\u%04x`, r)
+			}
+		default:
+			sb.WriteRune(r)
+		}
+		b = b[size:]
+	}
+	return sb.String()
 }
 
 // cappedBuffer keeps the first max bytes written to it and counts (but

@@ -299,4 +299,3 @@ func (id *Identity) Serial() string {
 	defer id.mu.RUnlock()
 	return id.leaf.SerialNumber.Text(16)
 }
-

@@ -5,16 +5,16 @@ import "time"
 // BackoffConfig is gRPC's connection backoff
 // (https://github.com/grpc/grpc/blob/master/doc/connection-backoff.md):
 // the delay before reconnect attempt n (from 0) is
-// min(BaseDelay * Multiplier^n, MaxDelay), then spread by ±Jitter. As in
-// gRPC, the jitter applies after the cap, so a capped delay lies within
-// MaxDelay ±Jitter. Zero fields take the defaults.
+// min(Base * Multiplier^n, Max), then spread by ±Jitter. As in gRPC, the
+// jitter applies after the cap, so a capped delay lies within Max ±Jitter.
+// Zero fields take the defaults.
 type BackoffConfig struct {
-	BaseDelay  time.Duration // default 1s
+	Base       time.Duration // default 1s
 	Multiplier float64       // default 1.6
 	Jitter     float64       // fraction, default 0.2 (±20%)
-	MaxDelay   time.Duration // default 120s
+	Max        time.Duration // default 120s
 	// ResetAfter: a session that stayed up at least this long (after
-	// Welcome) starts the schedule again from BaseDelay. Default 10s.
+	// Welcome) starts the schedule again from Base. Default 10s.
 	ResetAfter time.Duration
 }
 
@@ -27,9 +27,15 @@ const (
 	DefaultResetAfter = 10 * time.Second
 )
 
+// DefaultBackoff is gRPC's schedule: 1s ×1.6 ±20%, max 120s, reset after a
+// session stayed up 10s.
+func DefaultBackoff() BackoffConfig {
+	return BackoffConfig{}.withDefaults()
+}
+
 func (b BackoffConfig) withDefaults() BackoffConfig {
-	if b.BaseDelay <= 0 {
-		b.BaseDelay = DefaultBaseDelay
+	if b.Base <= 0 {
+		b.Base = DefaultBaseDelay
 	}
 	if b.Multiplier < 1 {
 		b.Multiplier = DefaultMultiplier
@@ -37,11 +43,11 @@ func (b BackoffConfig) withDefaults() BackoffConfig {
 	if b.Jitter <= 0 || b.Jitter >= 1 {
 		b.Jitter = DefaultJitter
 	}
-	if b.MaxDelay <= 0 {
-		b.MaxDelay = DefaultMaxDelay
+	if b.Max <= 0 {
+		b.Max = DefaultMaxDelay
 	}
-	if b.MaxDelay < b.BaseDelay {
-		b.MaxDelay = b.BaseDelay
+	if b.Max < b.Base {
+		b.Max = b.Base
 	}
 	if b.ResetAfter <= 0 {
 		b.ResetAfter = DefaultResetAfter
@@ -52,11 +58,11 @@ func (b BackoffConfig) withDefaults() BackoffConfig {
 // Schedule is the delay before attempt n without jitter.
 func (b BackoffConfig) Schedule(attempt int) time.Duration {
 	b = b.withDefaults()
-	d := float64(b.BaseDelay)
-	for i := 0; i < attempt && d < float64(b.MaxDelay); i++ {
+	d := float64(b.Base)
+	for i := 0; i < attempt && d < float64(b.Max); i++ {
 		d *= b.Multiplier
 	}
-	return time.Duration(min(d, float64(b.MaxDelay)))
+	return time.Duration(min(d, float64(b.Max)))
 }
 
 // Delay is the delay before attempt n (0 for the first retry), given r, a

@@ -52,12 +52,12 @@ func TestBackoffJitterEnvelope(t *testing.T) {
 }
 
 func TestBackoffCustom(t *testing.T) {
-	b := BackoffConfig{BaseDelay: 10 * time.Millisecond, Multiplier: 2, Jitter: 0.1, MaxDelay: 50 * time.Millisecond}
+	b := BackoffConfig{Base: 10 * time.Millisecond, Multiplier: 2, Jitter: 0.1, Max: 50 * time.Millisecond}
 	got := []time.Duration{}
 	for n := 0; n < 5; n++ {
 		got = append(got, b.Schedule(n))
 	}
 	require.Equal(t, []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond}, got)
 	require.Equal(t, 45*time.Millisecond, b.Delay(9, 0))
-	require.Equal(t, 10*time.Second, BackoffConfig{}.withDefaults().ResetAfter)
+	require.Equal(t, BackoffConfig{Base: time.Second, Multiplier: 1.6, Jitter: 0.2, Max: 120 * time.Second, ResetAfter: 10 * time.Second}, DefaultBackoff())
 }

@@ -60,23 +60,21 @@ var KnownActions = map[string][]string{
 
 // Defaults applied after validation, so that a stored spec is explicit.
 const (
-	DefaultInterval        = 10 * time.Second
-	DefaultMaxTimeout      = 10 * time.Second // timeout default: min(interval, this)
-	DefaultFailures        = 3
-	DefaultWindow          = 5
-	DefaultExpectStatus    = 200
-	DefaultActionTimeout   = 30 * time.Second
-	DefaultVerifyWithin    = 30 * time.Second
-	DefaultMaxAttempts     = 3
-	DefaultBackoff         = 30 * time.Second
-	DefaultCooldown        = 10 * time.Minute
-	MinInterval            = time.Second
-	MaxWindow              = 100
-	maxNameLen             = 63
-	maxParamsNodes         = 10000
-	maxExactFloatInteger   = 1 << 53
-	defaultExpectStatusMin = 100
-	defaultExpectStatusMax = 599
+	DefaultInterval      = 10 * time.Second
+	DefaultMaxTimeout    = 10 * time.Second // timeout default: min(interval, this)
+	DefaultFailures      = 3
+	DefaultWindow        = 5
+	DefaultExpectStatus  = 200
+	DefaultActionTimeout = 30 * time.Second
+	DefaultVerifyWithin  = 30 * time.Second
+	DefaultMaxAttempts   = 3
+	DefaultBackoff       = 30 * time.Second
+	DefaultCooldown      = 10 * time.Minute
+	MinInterval          = time.Second
+	MaxWindow            = 100
+	maxNameLen           = 63
+	maxParamsNodes       = 10000
+	maxExactFloatInteger = 1 << 53
 )
 
 // Policy is one parsed, validated policy document with defaults applied.

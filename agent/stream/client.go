@@ -1,0 +1,228 @@
+// Package stream is the agent's side of the AgentService.Connect stream: it
+// connects, says Hello, waits for Welcome, sends the outbox's results in
+// acknowledged batches, sends heartbeats, hands check assignments and tasks
+// to the agent, and reconnects with gRPC's backoff when anything fails.
+//
+// Delivery is at least once: a result leaves the outbox only when the control
+// plane has acknowledged it (BatchAck or Welcome.results_acked_through), and
+// every session starts sending again from the first unacknowledged result.
+// The control plane stores each (agent, seq) once.
+package stream
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"tend.dev/tend/agent/state"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// Defaults for Config.
+const (
+	DefaultBatchMax          = 500
+	DefaultBatchMaxBytes     = 1 << 20
+	DefaultMaxInFlight       = 4
+	DefaultWelcomeTimeout    = 30 * time.Second
+	DefaultAckTimeout        = 2 * time.Minute
+	DefaultPollInterval      = time.Second
+	DefaultHeartbeatInterval = 10 * time.Second // when Welcome does not say
+)
+
+// minHeartbeatInterval guards against a Welcome with a tiny interval.
+const minHeartbeatInterval = 10 * time.Millisecond
+
+// closeGrace is how long a session waits, after CloseSend on shutdown, for
+// the control plane to end the stream before cancelling it.
+const closeGrace = 2 * time.Second
+
+// Config wires a Client. Dial, DB and Hello are required.
+type Config struct {
+	// Dial opens a connection to the control plane (mTLS is the caller's
+	// business). It is called once per session; the connection is closed
+	// when the session ends.
+	Dial func(ctx context.Context) (*grpc.ClientConn, error)
+	// DB is the outbox the results are sent from.
+	DB *state.DB
+	// Hello builds the Hello message, fresh on every connect. The client
+	// fills in outbox_pending and outbox_dropped_total itself.
+	Hello func() *agentv1.Hello
+	// OnAssignment receives every CheckAssignment; applying and persisting
+	// it (state.DB.SaveAssignment) is the caller's job. The callbacks run
+	// on the stream's receiving goroutine and must return promptly.
+	OnAssignment func(*agentv1.CheckAssignment)
+	// OnWelcome, if set, is called once per session after Welcome.
+	OnWelcome func(*agentv1.Welcome)
+	// OnTask, if set, receives every TaskDelivery.
+	OnTask func(*agentv1.TaskDelivery)
+	// Backoff is the reconnect schedule (gRPC's: 1s ×1.6 ±20%, max 120s).
+	Backoff BackoffConfig
+	// BatchMax is the most results in one ResultBatch (default 500).
+	BatchMax int
+	// BatchMaxBytes caps one ResultBatch's encoded results (default 1 MiB;
+	// a batch always carries at least one result).
+	BatchMaxBytes int
+	// MaxInFlight is the most batches sent and not yet acknowledged
+	// (default 4).
+	MaxInFlight int
+	// WelcomeTimeout bounds the wait for Welcome after Hello (default 30s).
+	WelcomeTimeout time.Duration
+	// AckTimeout: when the oldest unacknowledged batch is older than this,
+	// the session is ended and everything unacknowledged is resent on the
+	// next one (default 2m).
+	AckTimeout time.Duration
+	// PollInterval is how often the sender looks at the outbox when Notify
+	// is not called (default 1s).
+	PollInterval time.Duration
+	// Log is the logger (default: discard).
+	Log *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.Backoff = c.Backoff.withDefaults()
+	if c.BatchMax <= 0 {
+		c.BatchMax = DefaultBatchMax
+	}
+	if c.BatchMaxBytes <= 0 {
+		c.BatchMaxBytes = DefaultBatchMaxBytes
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.WelcomeTimeout <= 0 {
+		c.WelcomeTimeout = DefaultWelcomeTimeout
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = DefaultAckTimeout
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Stats are the client's counters since New.
+type Stats struct {
+	ConnectAttempts     uint64 // sessions started (dials)
+	Connects            uint64 // sessions that got a Welcome
+	Reconnects          uint64 // Connects after the first
+	BatchesSent         uint64
+	ResultsSent         uint64 // including resent results
+	BatchesAcked        uint64
+	ResultsAcked        uint64 // results of acknowledged batches
+	HeartbeatsSent      uint64
+	AssignmentsReceived uint64
+	TasksReceived       uint64
+}
+
+// Client owns the agent's connection to the control plane.
+type Client struct {
+	cfg    Config
+	log    *slog.Logger
+	notify chan struct{}
+
+	connected atomic.Bool
+	batchID   atomic.Uint64
+
+	connectAttempts, connects, batchesSent, resultsSent     atomic.Uint64
+	batchesAcked, resultsAcked, heartbeatsSent, assignments atomic.Uint64
+	tasks                                                   atomic.Uint64
+
+	// Hooks for tests.
+	rand func() float64
+	wait func(ctx context.Context, d time.Duration) bool
+}
+
+// New returns a client; Run starts it.
+func New(cfg Config) *Client {
+	cfg = cfg.withDefaults()
+	return &Client{
+		cfg:    cfg,
+		log:    cfg.Log.With("component", "agent_stream"),
+		notify: make(chan struct{}, 1),
+		rand:   rand.Float64,
+		wait:   sleep,
+	}
+}
+
+// Notify wakes the sender: new results were appended to the outbox. It never
+// blocks.
+func (c *Client) Notify() {
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Connected reports whether a session is up (Welcome received, not ended).
+func (c *Client) Connected() bool { return c.connected.Load() }
+
+// Stats returns the client's counters.
+func (c *Client) Stats() Stats {
+	connects := c.connects.Load()
+	return Stats{
+		ConnectAttempts:     c.connectAttempts.Load(),
+		Connects:            connects,
+		Reconnects:          max(connects, 1) - 1,
+		BatchesSent:         c.batchesSent.Load(),
+		ResultsSent:         c.resultsSent.Load(),
+		BatchesAcked:        c.batchesAcked.Load(),
+		ResultsAcked:        c.resultsAcked.Load(),
+		HeartbeatsSent:      c.heartbeatsSent.Load(),
+		AssignmentsReceived: c.assignments.Load(),
+		TasksReceived:       c.tasks.Load(),
+	}
+}
+
+// Run connects and keeps the session up, reconnecting with backoff after any
+// failure, until ctx is done; then it closes the stream (CloseSend) and
+// returns nil. It returns an error only when the Config is incomplete. Run
+// must not be called twice at once.
+func (c *Client) Run(ctx context.Context) error {
+	switch {
+	case c.cfg.Dial == nil:
+		return errors.New("agent stream: Config.Dial is required")
+	case c.cfg.DB == nil:
+		return errors.New("agent stream: Config.DB is required")
+	case c.cfg.Hello == nil:
+		return errors.New("agent stream: Config.Hello is required")
+	}
+	attempt := 0
+	for {
+		up, err := c.session(ctx)
+		if ctx.Err() != nil {
+			c.log.Info("agent stream stopped")
+			return nil
+		}
+		if up >= c.cfg.Backoff.ResetAfter {
+			attempt = 0
+		}
+		delay := c.cfg.Backoff.Delay(attempt, c.rand())
+		attempt++
+		c.log.Warn("control plane stream ended, reconnecting",
+			"error", err, "up_for", up.Round(time.Millisecond), "attempt", attempt, "retry_in", delay.Round(time.Millisecond))
+		if !c.wait(ctx, delay) {
+			c.log.Info("agent stream stopped")
+			return nil
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,334 @@
+// Package ingest is the group committer between the agent streams and the
+// store: many agents' result batches become one store.CommitResults call,
+// which is one transaction and one fsync.
+//
+// One goroutine takes the first waiting batch, then everything else already
+// queued (up to Options.MaxBatchResults results), commits the group, and
+// answers every batch of it. Under load batches pile up while a commit runs,
+// so groups grow by themselves; with no load a batch is committed at once.
+// A batch is acknowledged only once it is durable: if the commit fails,
+// every batch of the group gets the error, and the agents resend (the store
+// drops what it already has by sequence number).
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"tend.dev/tend/controlplane/store"
+)
+
+// ErrStopped is returned for batches submitted after Stop began.
+var ErrStopped = errors.New("ingest committer stopped")
+
+// DefaultMaxBatchResults is the default for Options.MaxBatchResults.
+const DefaultMaxBatchResults = 4096
+
+// Options tune the committer. The zero value is the production setting.
+type Options struct {
+	// MaxBatchResults caps the results of one group commit (default 4096).
+	// A single batch larger than that is committed on its own.
+	MaxBatchResults int
+	// MaxDelay is how long the committer may wait after the first batch
+	// for more to arrive before committing. Default 0: no added latency;
+	// groups form naturally while the previous commit runs.
+	MaxDelay time.Duration
+	// Registerer receives the committer's metrics (tend_ingest_*); nil
+	// means they are not registered.
+	Registerer prometheus.Registerer
+}
+
+// Committer groups result batches into store commits. Create it with New,
+// then Start it; Stop drains it.
+type Committer struct {
+	st   store.Store
+	opts Options
+	log  *slog.Logger
+	m    metrics
+
+	wake chan struct{} // one token: something was queued, or Stop began
+	done chan struct{} // closed when the loop has exited
+
+	mu       sync.Mutex
+	queue    []request
+	queued   int // results in queue
+	started  bool
+	stopping bool
+}
+
+type request struct {
+	batch store.ResultBatch
+	done  func(store.CommitOutcome, error)
+}
+
+// New returns a committer writing to st. It registers its metrics with
+// opts.Registerer (and panics, like prometheus.MustRegister, if they are
+// already registered there). log may be nil.
+func New(st store.Store, opts Options, log *slog.Logger) *Committer {
+	if opts.MaxBatchResults <= 0 {
+		opts.MaxBatchResults = DefaultMaxBatchResults
+	}
+	if opts.MaxDelay < 0 {
+		opts.MaxDelay = 0
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Committer{
+		st:   st,
+		opts: opts,
+		log:  log,
+		m:    newMetrics(opts.Registerer),
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+}
+
+// Start starts the commit loop. Batches submitted before Start wait for it.
+// Start after Start or Stop does nothing.
+func (c *Committer) Start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.started {
+		return
+	}
+	c.started = true
+	go c.run()
+}
+
+// Stop refuses new batches (ErrStopped), commits everything already queued,
+// answers it, and returns when the loop has exited. It is safe to call more
+// than once, and without Start.
+func (c *Committer) Stop() {
+	c.mu.Lock()
+	first := !c.stopping
+	c.stopping = true
+	notStarted := !c.started
+	c.started = true
+	c.mu.Unlock()
+	if notStarted {
+		go c.run()
+	}
+	if first {
+		c.signal()
+	}
+	<-c.done
+}
+
+// Submit queues one batch and waits until it is durable. It returns the
+// store's outcome; an error means the batch must not be acknowledged: the
+// commit failed (every batch of its group gets that error), the store
+// refused this batch alone (the outcome's Err, e.g. store.ErrRevoked), the
+// committer is stopped (ErrStopped), or ctx ended first (ctx.Err(); the
+// batch may still be committed later, which a resend then finds as
+// duplicates).
+func (c *Committer) Submit(ctx context.Context, b store.ResultBatch) (store.CommitOutcome, error) {
+	if err := ctx.Err(); err != nil {
+		return store.CommitOutcome{}, err
+	}
+	type answer struct {
+		out store.CommitOutcome
+		err error
+	}
+	ch := make(chan answer, 1)
+	if !c.enqueue(b, func(out store.CommitOutcome, err error) { ch <- answer{out, err} }) {
+		return store.CommitOutcome{}, ErrStopped
+	}
+	select {
+	case a := <-ch:
+		return a.out, a.err
+	case <-ctx.Done():
+		return store.CommitOutcome{}, ctx.Err()
+	}
+}
+
+// SubmitAsync queues one batch without waiting: done is called exactly once,
+// with what Submit would return, once the batch is durable or has failed.
+// done runs on the committer's goroutine (or, if the committer is stopped,
+// on a new goroutine), so it must be quick and must not block: queue the
+// acknowledgement, do not send it on the network from there. SubmitAsync
+// never blocks; callers bound their own number of batches in flight.
+func (c *Committer) SubmitAsync(b store.ResultBatch, done func(store.CommitOutcome, error)) {
+	if !c.enqueue(b, done) {
+		go done(store.CommitOutcome{}, ErrStopped)
+	}
+}
+
+func (c *Committer) enqueue(b store.ResultBatch, done func(store.CommitOutcome, error)) bool {
+	c.mu.Lock()
+	if c.stopping {
+		c.mu.Unlock()
+		return false
+	}
+	c.queue = append(c.queue, request{batch: b, done: done})
+	c.queued += len(b.Results)
+	c.m.queueDepth.Set(float64(len(c.queue)))
+	c.mu.Unlock()
+	c.signal()
+	return true
+}
+
+func (c *Committer) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Committer) run() {
+	defer close(c.done)
+	for {
+		group, ok := c.next()
+		if !ok {
+			return
+		}
+		c.commit(group)
+	}
+}
+
+// next waits for work and takes the next group, or returns false once the
+// committer is stopping and the queue is empty.
+func (c *Committer) next() ([]request, bool) {
+	c.mu.Lock()
+	for len(c.queue) == 0 {
+		if c.stopping {
+			c.mu.Unlock()
+			return nil, false
+		}
+		c.mu.Unlock()
+		<-c.wake
+		c.mu.Lock()
+	}
+	if c.opts.MaxDelay > 0 && !c.stopping && c.queued < c.opts.MaxBatchResults {
+		c.mu.Unlock()
+		c.linger()
+		c.mu.Lock()
+	}
+	n, results := 1, len(c.queue[0].batch.Results)
+	for n < len(c.queue) && results+len(c.queue[n].batch.Results) <= c.opts.MaxBatchResults {
+		results += len(c.queue[n].batch.Results)
+		n++
+	}
+	group := make([]request, n)
+	copy(group, c.queue)
+	rest := copy(c.queue, c.queue[n:])
+	clear(c.queue[rest:]) // let the answered requests be collected
+	c.queue = c.queue[:rest]
+	c.queued -= results
+	c.m.queueDepth.Set(float64(len(c.queue)))
+	c.mu.Unlock()
+	return group, true
+}
+
+// linger waits up to MaxDelay for the queue to fill a group.
+func (c *Committer) linger() {
+	timer := time.NewTimer(c.opts.MaxDelay)
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+			return
+		case <-c.wake:
+			c.mu.Lock()
+			full := c.stopping || c.queued >= c.opts.MaxBatchResults
+			c.mu.Unlock()
+			if full {
+				c.signal() // keep the token for the main loop
+				return
+			}
+		}
+	}
+}
+
+func (c *Committer) commit(group []request) {
+	batches := make([]store.ResultBatch, len(group))
+	results := 0
+	for i, r := range group {
+		batches[i] = r.batch
+		results += len(r.batch.Results)
+	}
+	start := time.Now()
+	outs, err := c.commitResults(batches)
+	c.m.commitSeconds.Observe(time.Since(start).Seconds())
+	c.m.commits.Inc()
+	c.m.batchResults.Observe(float64(results))
+	if err == nil && len(outs) != len(batches) {
+		err = fmt.Errorf("store returned %d outcomes for %d batches", len(outs), len(batches))
+	}
+	if err != nil {
+		c.m.commitErrors.Inc()
+		err = fmt.Errorf("commit %d results of %d batches: %w", results, len(batches), err)
+		c.log.Warn("group commit failed; the agents will resend", "batches", len(batches), "results", results, "err", err)
+		for _, r := range group {
+			r.done(store.CommitOutcome{}, err)
+		}
+		return
+	}
+	for i, r := range group {
+		out := outs[i]
+		if out.Err != nil {
+			c.m.refused.Inc()
+		}
+		c.m.stored.Add(float64(out.Stored))
+		c.m.duplicates.Add(float64(out.Duplicates))
+		r.done(out, out.Err)
+	}
+}
+
+// commitResults calls the store, turning a panic into an error so that the
+// waiters are answered and the loop goes on.
+func (c *Committer) commitResults(batches []store.ResultBatch) (outs []store.CommitOutcome, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("store panicked: %v", p)
+		}
+	}()
+	return c.st.CommitResults(batches)
+}
+
+type metrics struct {
+	stored, duplicates, commits, commitErrors, refused prometheus.Counter
+	commitSeconds, batchResults                        prometheus.Histogram
+	queueDepth                                         prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) metrics {
+	m := metrics{
+		stored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tend_ingest_results_total", Help: "Results stored (new, not duplicates).",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tend_ingest_duplicates_total", Help: "Results received again and skipped (at or below the agent's high-water mark).",
+		}),
+		commits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tend_ingest_commits_total", Help: "Group commits (store transactions), failed ones included.",
+		}),
+		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tend_ingest_commit_errors_total", Help: "Group commits that failed; their batches were not acknowledged.",
+		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tend_ingest_refused_batches_total", Help: "Batches the store refused on their own (unknown or revoked agent, invalid result).",
+		}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tend_ingest_commit_seconds", Help: "Duration of one group commit, fsync included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms .. 4 s
+		}),
+		batchResults: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tend_ingest_batch_results", Help: "Results per group commit.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14), // 1 .. 8192
+		}),
+		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tend_ingest_queue_depth", Help: "Batches waiting for a group commit.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.stored, m.duplicates, m.commits, m.commitErrors, m.refused, m.commitSeconds, m.batchResults, m.queueDepth)
+	}
+	return m
+}

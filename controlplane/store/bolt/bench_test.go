@@ -1,0 +1,70 @@
+package bolt
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"tend.dev/tend/controlplane/store"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// BenchmarkCommitResults: one op is one CommitResults call (one fsync) of
+// size results, in batches of up to 10 results from different agents.
+func BenchmarkCommitResults(b *testing.B) {
+	const agents = 1000
+	for _, size := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprintf("results=%d", size), func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "tend.db")
+			s, err := Open(path, Options{NoSync: true})
+			require.NoError(b, err)
+			ids := make([]string, agents)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("agent-%04d", i)
+				enroll(b, s, ids[i], "host-"+ids[i])
+			}
+			require.NoError(b, s.Close())
+			s = testStoreAt(b, path, Options{})
+
+			seq := make([]uint64, agents)
+			next := 0
+			now := timestamppb.Now()
+			build := func() []store.ResultBatch {
+				var bs []store.ResultBatch
+				for left := size; left > 0; left -= 10 {
+					a := next % agents
+					next++
+					bt := store.ResultBatch{AgentID: ids[a]}
+					for range min(left, 10) {
+						seq[a]++
+						bt.Results = append(bt.Results, &agentv1.CheckResult{
+							Seq: seq[a], CheckId: fmt.Sprintf("policy-%d", seq[a]%5), PolicyVersion: 3,
+							Status:    agentv1.CheckStatus_CHECK_STATUS_OK,
+							Output:    "HTTP 200 from http://127.0.0.1:8080/healthz in 1.2ms",
+							Metrics:   map[string]float64{"used_percent": 41.5, "free_bytes": 1 << 30},
+							StartedAt: now, Duration: durationpb.New(1200 * time.Microsecond),
+						})
+					}
+					bs = append(bs, bt)
+				}
+				return bs
+			}
+			b.ResetTimer()
+			start := time.Now()
+			for range b.N {
+				bs := build()
+				if _, err := s.CommitResults(bs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			elapsed := time.Since(start).Seconds()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N*size)/elapsed, "results/s")
+		})
+	}
+}
