@@ -87,8 +87,7 @@ func (c *commandCheck) Check(ctx context.Context) Result {
 	metrics := map[string]float64{"duration_seconds": took.Seconds()}
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		if errors.Is(ctxErr, context.DeadlineExceeded) {
-			dl, ok := ctx.Deadline()
-			return result(statusUnknown, metrics, "%s timed out after %v and was killed%s", quote(c.path), timeoutOf(start, dl, ok), withOutput(text))
+			return result(statusUnknown, metrics, "%s timed out after %v and was killed%s", quote(c.path), timeoutOf(ctx, start), withOutput(text))
 		}
 		return result(statusUnknown, metrics, "%s was killed: the check was cancelled%s", quote(c.path), withOutput(text))
 	}

@@ -74,8 +74,7 @@ func (c *diskCheck) Check(ctx context.Context) Result {
 	case a = <-ch:
 	case <-ctx.Done():
 		c.pending = done
-		dl, ok := ctx.Deadline()
-		return result(statusUnknown, nil, "statfs %s did not return within %v: the filesystem may be hung", c.path, timeoutOf(start, dl, ok))
+		return result(statusUnknown, nil, "statfs %s did not return within %v: the filesystem may be hung", c.path, timeoutOf(ctx, start))
 	}
 	if a.err != nil {
 		return result(statusUnknown, nil, "cannot stat the filesystem at %s: %v", c.path, a.err)

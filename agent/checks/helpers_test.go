@@ -54,7 +54,7 @@ func mustNew(t *testing.T, spec *agentv1.CheckSpec) Checker {
 // run runs a check with a timeout.
 func run(t *testing.T, c Checker, timeout time.Duration) Result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return c.Check(ctx)
 }

@@ -78,8 +78,7 @@ func (c *httpCheck) Check(ctx context.Context) Result {
 	resp, err := c.client.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			dl, ok := ctx.Deadline()
-			return result(statusCritical, nil, "GET %s timed out after %v", c.redacted, timeoutOf(start, dl, ok))
+			return result(statusCritical, nil, "GET %s timed out after %v", c.redacted, timeoutOf(ctx, start))
 		}
 		return result(statusCritical, nil, "GET %s failed: %v", c.redacted, redactURLError(err))
 	}

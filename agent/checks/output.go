@@ -1,6 +1,7 @@
 package checks
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -99,13 +100,28 @@ func (c *cappedBuffer) Bytes() ([]byte, int64) {
 	return append([]byte(nil), c.buf...), c.dropped
 }
 
-// timeoutOf says how long a run had, from its context's deadline, for
-// messages like "timed out after 2s".
-func timeoutOf(start time.Time, deadline time.Time, ok bool) time.Duration {
-	if !ok {
-		return time.Since(start).Round(time.Millisecond)
+// timeoutKey carries a run's timeout in its context (see WithTimeout).
+type timeoutKey struct{}
+
+// WithTimeout is context.WithTimeout that also records d, so a check that
+// times out can say "timed out after d" with the configured value rather
+// than the time left when it started. The scheduler runs checks with it.
+func WithTimeout(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(parent, d)
+	return context.WithValue(ctx, timeoutKey{}, d), cancel
+}
+
+// timeoutOf says how long a run had, for messages like "timed out after
+// 2s": the timeout recorded by WithTimeout, else the time from start to the
+// context's deadline, else the time since start.
+func timeoutOf(ctx context.Context, start time.Time) time.Duration {
+	if d, ok := ctx.Value(timeoutKey{}).(time.Duration); ok {
+		return d
 	}
-	return deadline.Sub(start).Round(time.Millisecond)
+	if dl, ok := ctx.Deadline(); ok {
+		return dl.Sub(start).Round(time.Millisecond)
+	}
+	return time.Since(start).Round(time.Millisecond)
 }
 
 // humanBytes renders a byte count with a binary unit.

@@ -1,8 +1,10 @@
 package checks
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
@@ -58,4 +60,17 @@ func TestTruncate(t *testing.T) {
 	require.LessOrEqual(t, len(s), MaxOutput)
 	require.True(t, utf8.ValidString(s))
 	require.True(t, strings.HasSuffix(s, "[truncated]"))
+}
+
+func TestTimeoutOf(t *testing.T) {
+	start := time.Now()
+	ctx, cancel := WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	require.Equal(t, 1500*time.Millisecond, timeoutOf(ctx, start.Add(time.Second)), "the recorded timeout, however late the check starts")
+
+	plain, cancel2 := context.WithDeadline(context.Background(), start.Add(2*time.Second))
+	defer cancel2()
+	require.Equal(t, 2*time.Second, timeoutOf(plain, start))
+
+	require.Less(t, timeoutOf(context.Background(), time.Now()), time.Second)
 }

@@ -42,8 +42,7 @@ func (c *tcpCheck) Check(ctx context.Context) Result {
 	took := time.Since(start)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			dl, ok := ctx.Deadline()
-			return result(statusCritical, nil, "connect to %s timed out after %v", c.address, timeoutOf(start, dl, ok))
+			return result(statusCritical, nil, "connect to %s timed out after %v", c.address, timeoutOf(ctx, start))
 		}
 		return result(statusCritical, nil, "connect to %s failed: %v", c.address, err)
 	}

@@ -337,7 +337,7 @@ func (r *runner) runOnce(start time.Time) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, r.timeout)
+	ctx, cancel := checks.WithTimeout(r.ctx, r.timeout)
 	defer cancel()
 
 	type outcome struct {

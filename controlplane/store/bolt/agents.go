@@ -169,7 +169,8 @@ func (s *Store) UpdateAgent(id string, fn func(*store.Agent) error) error {
 		if !ok {
 			return fmt.Errorf("update agent %q: %w", id, store.ErrNotFound)
 		}
-		// old is freshly decoded, so fn may change maps freely.
+		// A second decode: fn gets its own copy (maps included) and old
+		// stays as stored.
 		nu, _, err := t.agent(id)
 		if err != nil {
 			return err

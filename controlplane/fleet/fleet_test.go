@@ -1,0 +1,144 @@
+package fleet
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/controlplane/store/bolt"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+func testStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "tend.db"), bolt.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func enroll(t *testing.T, st store.Store, r *Registry, id, name string) {
+	t.Helper()
+	require.NoError(t, st.CreateToken(store.Token{ID: "tok" + id, SecretHash: []byte("h"), ExpiresAt: time.Now().Add(time.Hour), Uses: 1}))
+	a := store.Agent{ID: id, Name: name, Status: store.StatusDisconnected, EnrolledAt: time.Now()}
+	require.NoError(t, st.EnrollAgent("tok"+id, []byte("h"), time.Now(), a))
+	if r != nil {
+		r.Add(a)
+	}
+}
+
+func newRegistry(t *testing.T, st store.Store, ttl, grace time.Duration) *Registry {
+	t.Helper()
+	r, err := New(Config{Store: st, MinTTL: ttl, Grace: grace, FlushInterval: 50 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(r.Stop)
+	return r
+}
+
+func status(r *Registry, id string) string {
+	a, _ := r.Get(id)
+	return a.Status
+}
+
+func TestTTLScalesWithFleet(t *testing.T) {
+	r := &Registry{cfg: Config{MinTTL: 10 * time.Second, MaxHeartbeatsPerSecond: 2000}}
+	for _, c := range []struct {
+		n    int
+		want time.Duration
+	}{{0, 10 * time.Second}, {1000, 10 * time.Second}, {20000, 10 * time.Second}, {50000, 25 * time.Second}, {100000, 50 * time.Second}} {
+		require.Equal(t, c.want, r.ttlFor(c.n), "fleet of %d", c.n)
+	}
+}
+
+func TestLifecycleConnectedDisconnectedDown(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, 200*time.Millisecond, 100*time.Millisecond)
+	enroll(t, st, r, "a1", "web-1")
+	require.Equal(t, store.StatusDisconnected, status(r, "a1"))
+
+	s := NewSession(context.Background(), "a1", 4)
+	a, err := r.Attach("a1", s, &agentv1.Hello{Version: "v1", Labels: map[string]string{"role": "web"}}, time.Now())
+	require.NoError(t, err)
+	require.Equal(t, store.StatusConnected, a.Status)
+	require.Equal(t, "web", a.Labels["role"])
+
+	// Messages keep it alive past the TTL.
+	for i := 0; i < 6; i++ {
+		time.Sleep(100 * time.Millisecond)
+		r.Seen("a1", time.Now())
+	}
+	require.Equal(t, store.StatusConnected, status(r, "a1"))
+
+	r.Detach("a1", s)
+	require.Equal(t, store.StatusDisconnected, status(r, "a1"))
+	require.Eventually(t, func() bool { return status(r, "a1") == store.StatusDown }, 2*time.Second, 10*time.Millisecond)
+
+	// Persisted by the flusher.
+	require.Eventually(t, func() bool {
+		got, err := st.GetAgent("a1")
+		return err == nil && got.Status == store.StatusDown && got.Labels["role"] == "web"
+	}, 2*time.Second, 10*time.Millisecond)
+}
+
+func TestSilentStreamIsClosedWhenTimerFires(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, 100*time.Millisecond, 50*time.Millisecond)
+	enroll(t, st, r, "a1", "web-1")
+	s := NewSession(context.Background(), "a1", 4)
+	_, err := r.Attach("a1", s, &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	select {
+	case <-s.Context().Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("a half-open stream must be closed when the agent goes down")
+	}
+	require.Equal(t, store.StatusDown, status(r, "a1"))
+}
+
+func TestNewerStreamReplacesOlder(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, time.Minute, time.Second)
+	enroll(t, st, r, "a1", "web-1")
+	s1 := NewSession(context.Background(), "a1", 4)
+	s2 := NewSession(context.Background(), "a1", 4)
+	_, err := r.Attach("a1", s1, &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	_, err = r.Attach("a1", s2, &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	require.Error(t, s1.Context().Err(), "old session closed")
+	r.Detach("a1", s1) // late detach of the old stream must not disconnect the new one
+	require.Equal(t, store.StatusConnected, status(r, "a1"))
+	require.Same(t, s2, r.Session("a1"))
+}
+
+func TestRevokeClosesAndRefuses(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, time.Minute, time.Second)
+	enroll(t, st, r, "a1", "web-1")
+	s := NewSession(context.Background(), "a1", 4)
+	_, err := r.Attach("a1", s, &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	_, err = r.Revoke("web-1", time.Now())
+	require.NoError(t, err)
+	require.ErrorIs(t, context.Cause(s.Context()), ErrRevoked)
+	require.ErrorIs(t, r.Allowed("a1"), ErrRevoked)
+	_, err = r.Attach("a1", NewSession(context.Background(), "a1", 4), &agentv1.Hello{}, time.Now())
+	require.ErrorIs(t, err, ErrRevoked)
+	got, err := st.GetAgent("a1")
+	require.NoError(t, err)
+	require.True(t, got.Revoked)
+}
+
+func TestRestartMarksConnectedAgentsDisconnectedThenDown(t *testing.T) {
+	st := testStore(t)
+	enroll(t, st, nil, "a1", "web-1")
+	require.NoError(t, st.UpdateAgent("a1", func(a *store.Agent) error { a.Status = store.StatusConnected; return nil }))
+	r := newRegistry(t, st, 100*time.Millisecond, 50*time.Millisecond)
+	require.Equal(t, store.StatusDisconnected, status(r, "a1"))
+	// TTL + grace + stagger (< TTL): down within 250ms; allow slack.
+	require.Eventually(t, func() bool { return status(r, "a1") == store.StatusDown }, 3*time.Second, 10*time.Millisecond)
+}
