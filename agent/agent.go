@@ -225,7 +225,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Hello:        a.hello,
 		OnAssignment: a.onAssignment,
 		Backoff:      bo,
-		Log:          a.log.With("component", "stream"),
+		Log:          a.cfg.Log,
 	})
 	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"))
 	defer a.sched.Stop()

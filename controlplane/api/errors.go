@@ -24,6 +24,7 @@ var errTable = []struct {
 	{store.ErrTokenExpired, codes.Unauthenticated},
 	{store.ErrTokenUsedUp, codes.Unauthenticated},
 	{store.ErrNameTaken, codes.AlreadyExists},
+	{store.ErrExists, codes.AlreadyExists},
 	{store.ErrRevoked, codes.PermissionDenied},
 	{fleet.ErrRevoked, codes.PermissionDenied},
 }

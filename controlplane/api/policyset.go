@@ -92,6 +92,6 @@ func (ps *PolicySet) MatchedAgents(name string, agents []store.Agent) []string {
 // PushAll sends every connected agent its current assignment.
 func (ps *PolicySet) PushAll(f *fleet.Registry) {
 	f.Connected(func(a store.Agent, s *fleet.Session) {
-		s.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Checks{Checks: ps.Assignment(a.Labels)}})
+		s.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Checks{Checks: ps.Assignment(a.Labels)}})
 	})
 }

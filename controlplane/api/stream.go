@@ -172,7 +172,7 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 	switch msg := m.GetMsg().(type) {
 	case *agentv1.ConnectRequest_Heartbeat:
 		h.Fleet.NoteDropped(agentID, msg.Heartbeat.GetOutboxDroppedTotal())
-		sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_HeartbeatAck{HeartbeatAck: &agentv1.HeartbeatAck{ServerTime: timestamppb.New(h.Now())}}})
+		sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_HeartbeatAck{HeartbeatAck: &agentv1.HeartbeatAck{ServerTime: timestamppb.New(h.Now())}}})
 	case *agentv1.ConnectRequest_Results:
 		b := msg.Results
 		if err := ValidateBatch(b); err != nil {
@@ -194,7 +194,7 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 					sess.Close(fmt.Errorf("results not stored: %w", err))
 					return
 				}
-				sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Ack{Ack: &agentv1.BatchAck{
+				sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Ack{Ack: &agentv1.BatchAck{
 					BatchId: batchID, AckedThrough: out.AckedThrough, Stored: uint32(out.Stored),
 				}}})
 			})

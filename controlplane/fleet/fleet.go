@@ -525,5 +525,22 @@ func (s *Session) Send(m *agentv1.ConnectResponse) bool {
 	}
 }
 
+// TrySend queues a message without blocking. If the queue is full the
+// agent is not reading its stream: the session is closed (the agent
+// reconnects and resends what was not acknowledged) and false is returned.
+// Callers on shared goroutines (the ingest committer, policy pushes) use it
+// so that one slow agent can never stall the others.
+func (s *Session) TrySend(m *agentv1.ConnectResponse) bool {
+	select {
+	case s.out <- m:
+		return true
+	case <-s.ctx.Done():
+		return false
+	default:
+		s.Close(errors.New("agent is not reading its stream (send queue full)"))
+		return false
+	}
+}
+
 // Close ends the session with a reason.
 func (s *Session) Close(reason error) { s.cancel(reason) }
