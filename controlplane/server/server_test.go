@@ -1,0 +1,146 @@
+package server
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"tend.dev/tend/agent"
+	"tend.dev/tend/internal/adminconf"
+	adminv1 "tend.dev/tend/proto/tend/admin/v1"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// testServer starts a control plane on a loopback port and returns it with
+// an admin client; both are stopped at cleanup.
+func testServer(t *testing.T, dataDir string) (*Server, adminv1.AdminServiceClient) {
+	t.Helper()
+	s, err := New(Config{DataDir: dataDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Log: quiet})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	conf, err := adminconf.Load(filepath.Join(dataDir, AdminConfFile))
+	require.NoError(t, err)
+	tc, err := conf.TLSConfig()
+	require.NoError(t, err)
+	conn, err := grpc.NewClient(conf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return s, adminv1.NewAdminServiceClient(conn)
+}
+
+func runAgent(t *testing.T, s *Server, name, token string, labels map[string]string, checks []*agentv1.CheckSpec) context.CancelFunc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := agent.New(ctx, agent.Config{
+		Server: s.AdminAddr(), DataDir: t.TempDir(), Name: name, Labels: labels, Token: token,
+		LocalChecks: checks, MaxBackoff: time.Second, Log: quiet,
+	})
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() { _ = a.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return cancel
+}
+
+// In-process: enroll, stream results over mTLS, see them in the admin API,
+// push a policy check to matching agents only.
+func TestInProcessFleet(t *testing.T) {
+	s, admin := testServer(t, t.TempDir())
+	ctx := context.Background()
+	tok, err := admin.CreateToken(ctx, &adminv1.CreateTokenRequest{Uses: 2})
+	require.NoError(t, err)
+
+	local := []*agentv1.CheckSpec{{
+		Id: "local/true", Interval: durationpb.New(time.Second), Timeout: durationpb.New(time.Second),
+		Check: &agentv1.CheckSpec_Command{Command: &agentv1.CommandCheck{Argv: []string{"/bin/true"}}},
+	}}
+	runAgent(t, s, "web-1", tok.GetToken(), map[string]string{"role": "web"}, local)
+	runAgent(t, s, "db-1", tok.GetToken(), map[string]string{"role": "db"}, local)
+
+	require.Eventually(t, func() bool {
+		r, err := admin.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+		if err != nil || len(r.GetAgents()) != 2 {
+			return false
+		}
+		for _, a := range r.GetAgents() {
+			if a.GetStatus() != adminv1.AgentStatus_AGENT_STATUS_CONNECTED || a.GetResultsStored() < 2 {
+				return false
+			}
+		}
+		return true
+	}, 15*time.Second, 50*time.Millisecond)
+
+	policy := `apiVersion: tend.dev/v1
+kind: Policy
+metadata: {name: cp-port}
+spec:
+  selector: {matchLabels: {role: web}}
+  check:
+    type: tcp
+    interval: 1s
+    tcp: {address: "` + s.AdminAddr() + `"}
+`
+	resp, err := admin.ApplyPolicies(ctx, &adminv1.ApplyPoliciesRequest{Filename: "p.yaml", Content: []byte(policy)})
+	require.NoError(t, err)
+	require.Equal(t, "created", resp.GetChanges()[0].GetAction())
+
+	require.Eventually(t, func() bool {
+		r, err := admin.ListChecks(ctx, &adminv1.ListChecksRequest{})
+		if err != nil {
+			return false
+		}
+		for _, c := range r.GetChecks() {
+			if c.GetCheckId() == "cp-port" && c.GetAgentName() == "web-1" && c.GetLast().GetStatus() == agentv1.CheckStatus_CHECK_STATUS_OK {
+				return true
+			}
+		}
+		return false
+	}, 15*time.Second, 50*time.Millisecond)
+	r, err := admin.ListChecks(ctx, &adminv1.ListChecksRequest{Agent: "db-1"})
+	require.NoError(t, err)
+	for _, c := range r.GetChecks() {
+		require.NotEqual(t, "cp-port", c.GetCheckId(), "selector role=web must not reach db-1")
+	}
+
+	gp, err := admin.GetPolicy(ctx, &adminv1.GetPolicyRequest{Name: "cp-port"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"web-1"}, gp.GetMatchedAgents())
+}
+
+// Revoking an agent closes its stream and it can never connect again with
+// its certificate.
+func TestRevokedAgentIsRefused(t *testing.T) {
+	s, admin := testServer(t, t.TempDir())
+	ctx := context.Background()
+	tok, err := admin.CreateToken(ctx, &adminv1.CreateTokenRequest{})
+	require.NoError(t, err)
+	runAgent(t, s, "web-1", tok.GetToken(), map[string]string{"role": "web"}, nil)
+	require.Eventually(t, func() bool {
+		r, err := admin.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+		return err == nil && len(r.GetAgents()) == 1 && r.GetAgents()[0].GetStatus() == adminv1.AgentStatus_AGENT_STATUS_CONNECTED
+	}, 15*time.Second, 50*time.Millisecond)
+	_, err = admin.DeleteAgent(ctx, &adminv1.DeleteAgentRequest{Name: "web-1"})
+	require.NoError(t, err)
+	// It keeps retrying and is refused every time: never connected again.
+	time.Sleep(2 * time.Second)
+	r, err := admin.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+	require.NoError(t, err)
+	require.True(t, r.GetAgents()[0].GetRevoked())
+	require.Equal(t, adminv1.AgentStatus_AGENT_STATUS_DOWN, r.GetAgents()[0].GetStatus())
+}
