@@ -250,3 +250,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent stopped")
 	return err
 }
+
+// CertSerial is the serial of the agent's current certificate.
+func (a *Agent) CertSerial() string { return a.id.Serial() }

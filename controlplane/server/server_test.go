@@ -144,3 +144,43 @@ func TestRevokedAgentIsRefused(t *testing.T) {
 	require.True(t, r.GetAgents()[0].GetRevoked())
 	require.Equal(t, adminv1.AgentStatus_AGENT_STATUS_DOWN, r.GetAgents()[0].GetStatus())
 }
+
+// Agents renew their short-lived certificate at two thirds of its lifetime
+// and keep streaming with the new one.
+func TestAgentRenewsCertificate(t *testing.T) {
+	dir := t.TempDir()
+	s, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Log: quiet, AgentCertTTL: 4 * time.Second})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	conf, err := adminconf.Load(filepath.Join(dir, AdminConfFile))
+	require.NoError(t, err)
+	tc, err := conf.TLSConfig()
+	require.NoError(t, err)
+	conn, err := grpc.NewClient(conf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	require.NoError(t, err)
+	defer conn.Close()
+	admin := adminv1.NewAdminServiceClient(conn)
+	tok, err := admin.CreateToken(ctx, &adminv1.CreateTokenRequest{})
+	require.NoError(t, err)
+
+	agentDir := t.TempDir()
+	actx, acancel := context.WithCancel(context.Background())
+	a, err := agent.New(actx, agent.Config{Server: s.AdminAddr(), DataDir: agentDir, Name: "r-1", Token: tok.GetToken(), MaxBackoff: time.Second, Log: quiet})
+	require.NoError(t, err)
+	adone := make(chan struct{})
+	go func() { _ = a.Run(actx); close(adone) }()
+	defer func() { acancel(); <-adone }()
+
+	first := a.CertSerial()
+	require.Eventually(t, func() bool { return a.CertSerial() != first }, 15*time.Second, 50*time.Millisecond, "certificate never renewed")
+	second := a.CertSerial()
+	require.Eventually(t, func() bool { return a.CertSerial() != second }, 15*time.Second, 50*time.Millisecond, "renewed certificate never renewed again")
+	// Past the first certificate's expiry the agent is still connected.
+	require.Eventually(t, func() bool {
+		r, err := admin.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+		return err == nil && r.GetAgents()[0].GetStatus() == adminv1.AgentStatus_AGENT_STATUS_CONNECTED
+	}, 10*time.Second, 50*time.Millisecond)
+}

@@ -246,7 +246,9 @@ func (ca *CA) issueClient(pub crypto.PublicKey, commonName, role string, ttl tim
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: commonName, OrganizationalUnit: []string{role}, Organization: []string{"tend"}},
-		NotBefore:    now.Add(-2 * time.Minute),
+		// Backdated for clock skew, but by less than a quarter of the
+		// lifetime so that renewal at 2/3 stays meaningful for short TTLs.
+		NotBefore:    now.Add(-min(2*time.Minute, ttl/4)),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
