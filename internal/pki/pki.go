@@ -248,10 +248,10 @@ func (ca *CA) issueClient(pub crypto.PublicKey, commonName, role string, ttl tim
 		Subject:      pkix.Name{CommonName: commonName, OrganizationalUnit: []string{role}, Organization: []string{"tend"}},
 		// Backdated for clock skew, but by less than a quarter of the
 		// lifetime so that renewal at 2/3 stays meaningful for short TTLs.
-		NotBefore:    now.Add(-min(2*time.Minute, ttl/4)),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		NotBefore:   now.Add(-min(2*time.Minute, ttl/4)),
+		NotAfter:    notAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	return x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 }
