@@ -149,7 +149,7 @@ func describeAgent(w io.Writer, now time.Time, ag *adminv1.Agent, checks []*admi
 	tw = tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
 	fmt.Fprintln(tw, "  CHECK\tSTATUS\tSINCE\tLAST RUN\tOUTPUT")
 	for _, c := range objs {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", c.Check, c.Status, ago(now, c.Since), ago(now, c.LastRun), firstLine(c.Output, 60))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", c.Check, c.Status, ago(now, c.Since), ago(now, c.LastRun), dash(firstLine(c.Output, 60)))
 	}
 	return tw.Flush()
 }

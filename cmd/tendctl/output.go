@@ -253,14 +253,14 @@ func policyTable(w io.Writer, now time.Time, objs []policyObject) {
 func checkTable(w io.Writer, now time.Time, objs []checkObject) {
 	fmt.Fprintln(w, "AGENT\tCHECK\tSTATUS\tSINCE\tLAST RUN\tOUTPUT")
 	for _, o := range objs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", o.Agent, o.Check, o.Status, ago(now, o.Since), ago(now, o.LastRun), firstLine(o.Output, 60))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", o.Agent, o.Check, o.Status, ago(now, o.Since), ago(now, o.LastRun), dash(firstLine(o.Output, 60)))
 	}
 }
 
 func resultTable(w io.Writer, now time.Time, objs []resultObject) {
 	fmt.Fprintln(w, "SEQ\tSTATUS\tSTARTED\tDURATION\tOUTPUT")
 	for _, o := range objs {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", o.Seq, o.Status, ago(now, o.StartedAt), dash(o.Duration), firstLine(o.Output, 60))
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", o.Seq, o.Status, ago(now, o.StartedAt), dash(o.Duration), dash(firstLine(o.Output, 60)))
 	}
 }
 

@@ -38,11 +38,18 @@ type ValidationError struct {
 	Errors []FieldError
 }
 
-// Error lists every problem, one per line.
+// maxShownErrors caps how many problems Error lists (Errors keeps them all).
+const maxShownErrors = 50
+
+// Error lists the problems, one per line (at most maxShownErrors of them).
 func (e *ValidationError) Error() string {
-	lines := make([]string, len(e.Errors))
-	for i, fe := range e.Errors {
-		lines[i] = fe.Error()
+	n := min(len(e.Errors), maxShownErrors)
+	lines := make([]string, 0, n+1)
+	for _, fe := range e.Errors[:n] {
+		lines = append(lines, fe.Error())
+	}
+	if more := len(e.Errors) - n; more > 0 {
+		lines = append(lines, fmt.Sprintf("%s: ... and %d more problems", e.File, more))
 	}
 	return strings.Join(lines, "\n")
 }

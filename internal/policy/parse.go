@@ -312,8 +312,12 @@ func (d *docDecoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		v.SetBool(b)
 	case reflect.Int:
 		var i int64
-		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&i) != nil || i > math.MaxInt32 || i < math.MinInt32 {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&i) != nil {
 			d.addAt(n, path, "want an integer, got %s", describe(n))
+			return
+		}
+		if i > math.MaxInt32 || i < math.MinInt32 {
+			d.addAt(n, path, "integer %s is out of range", n.Value)
 			return
 		}
 		v.SetInt(i)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -333,6 +334,21 @@ func TestParseCollectsEveryError(t *testing.T) {
 	var fe FieldError
 	require.True(t, errors.As(err, &fe))
 	require.Equal(t, FieldError{File: "p.yaml", Line: 1, Field: "apiVersion", Msg: `unsupported apiVersion "v2" (want "tend.dev/v1")`}, fe)
+}
+
+func TestErrorListIsCapped(t *testing.T) {
+	var b strings.Builder
+	for i := range 60 {
+		b.WriteString(strings.Replace(base, "name: web", "name: web-"+strconv.Itoa(i), 1))
+		b.WriteString("    bogus: 1\n---\n")
+	}
+	_, err := Parse("many.yaml", []byte(b.String()))
+	var verr *ValidationError
+	require.ErrorAs(t, err, &verr)
+	require.Len(t, verr.Errors, 60)
+	lines := strings.Split(err.Error(), "\n")
+	require.Len(t, lines, 51)
+	require.Equal(t, "many.yaml: ... and 10 more problems", lines[50])
 }
 
 func TestParseMultiDocument(t *testing.T) {
