@@ -60,9 +60,10 @@ func parseResource(cmd *cobra.Command, args []string, allowed ...string) (string
 
 func newGetCmd(a *app) *cobra.Command {
 	var (
-		output string
-		agent  string
-		limit  uint32
+		output         string
+		agent          string
+		limit          uint32
+		includeRevoked bool
 	)
 	cmd := &cobra.Command{
 		Use:   "get TYPE [NAME...]",
@@ -97,7 +98,7 @@ TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
 			ctx := cmd.Context()
 			switch res {
 			case resAgents:
-				objs, err := getAgents(ctx, a, names)
+				objs, err := getAgents(ctx, a, names, includeRevoked)
 				if err != nil {
 					return err
 				}
@@ -133,11 +134,12 @@ TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
 	cmd.Flags().StringVarP(&output, "output", "o", formatTable, "output format: table, json or yaml")
 	cmd.Flags().StringVar(&agent, "agent", "", "checks: only those of this agent (name or id)")
 	cmd.Flags().Uint32Var(&limit, "limit", 0, "results: only the newest N (0: all stored)")
+	cmd.Flags().BoolVar(&includeRevoked, "include-revoked", false, "agents: also list agents revoked with 'tendctl delete agent'")
 	return cmd
 }
 
-func getAgents(ctx context.Context, a *app, names []string) ([]agentObject, error) {
-	resp, err := call(ctx, a, adminv1.AdminServiceClient.ListAgents, &adminv1.ListAgentsRequest{})
+func getAgents(ctx context.Context, a *app, names []string, includeRevoked bool) ([]agentObject, error) {
+	resp, err := call(ctx, a, adminv1.AdminServiceClient.ListAgents, &adminv1.ListAgentsRequest{IncludeRevoked: includeRevoked})
 	if err != nil {
 		return nil, err
 	}

@@ -68,10 +68,13 @@ func (h *Admin) agentProto(a store.Agent) *adminv1.Agent {
 	return out
 }
 
-// ListAgents returns every agent, revoked ones included (marked).
-func (h *Admin) ListAgents(ctx context.Context, _ *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
+// ListAgents returns the agents; revoked ones only when asked.
+func (h *Admin) ListAgents(ctx context.Context, req *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
 	resp := &adminv1.ListAgentsResponse{}
 	for _, a := range h.Fleet.List() {
+		if a.Revoked && !req.GetIncludeRevoked() {
+			continue
+		}
 		resp.Agents = append(resp.Agents, h.agentProto(a))
 	}
 	return resp, nil
@@ -157,7 +160,7 @@ func (h *Admin) ListPolicies(ctx context.Context, _ *adminv1.ListPoliciesRequest
 func (h *Admin) GetPolicy(ctx context.Context, req *adminv1.GetPolicyRequest) (*adminv1.GetPolicyResponse, error) {
 	p, err := h.Store.GetPolicy(req.GetName())
 	if err != nil {
-		return nil, toStatus(fmt.Errorf("policy %q: %w", req.GetName(), err))
+		return nil, toStatus(err)
 	}
 	return &adminv1.GetPolicyResponse{Policy: policyProto(p), MatchedAgents: h.Policies.MatchedAgents(p.Name, h.Fleet.List())}, nil
 }
@@ -165,7 +168,7 @@ func (h *Admin) GetPolicy(ctx context.Context, req *adminv1.GetPolicyRequest) (*
 // DeletePolicy removes a policy; agents stop running its check.
 func (h *Admin) DeletePolicy(ctx context.Context, req *adminv1.DeletePolicyRequest) (*adminv1.DeletePolicyResponse, error) {
 	if err := h.Store.DeletePolicy(req.GetName()); err != nil {
-		return nil, toStatus(fmt.Errorf("policy %q: %w", req.GetName(), err))
+		return nil, toStatus(err)
 	}
 	if err := h.Policies.Reload(h.Store); err != nil {
 		return nil, toStatus(err)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 	"time"
@@ -20,6 +21,9 @@ type loadedPolicy struct {
 // PolicySet is the control plane's in-memory view of the stored policies,
 // used to compute each agent's check assignment.
 type PolicySet struct {
+	// Log receives why a policy's check was not given to an agent (a label
+	// its tokens need is missing, or the substituted value is invalid).
+	Log        *slog.Logger
 	mu         sync.RWMutex
 	policies   []loadedPolicy
 	generation uint64
@@ -28,8 +32,8 @@ type PolicySet struct {
 // NewPolicySet loads the policies from the store. The assignment generation
 // starts at the current time in nanoseconds so it only grows across
 // restarts.
-func NewPolicySet(st store.Store) (*PolicySet, error) {
-	ps := &PolicySet{generation: uint64(time.Now().UnixNano())}
+func NewPolicySet(st store.Store, log *slog.Logger) (*PolicySet, error) {
+	ps := &PolicySet{Log: log, generation: uint64(time.Now().UnixNano())}
 	if err := ps.Reload(st); err != nil {
 		return nil, err
 	}
@@ -64,9 +68,17 @@ func (ps *PolicySet) Assignment(labels map[string]string) *agentv1.CheckAssignme
 	defer ps.mu.RUnlock()
 	a := &agentv1.CheckAssignment{Generation: ps.generation}
 	for _, lp := range ps.policies {
-		if lp.p.Matches(labels) {
-			a.Checks = append(a.Checks, lp.p.CheckSpec(lp.version))
+		if !lp.p.Matches(labels) {
+			continue
 		}
+		cs, err := lp.p.CheckSpecFor(lp.version, labels)
+		if err != nil {
+			if ps.Log != nil {
+				ps.Log.Warn("check not assigned", "policy", lp.p.Name(), "labels", labels, "err", err)
+			}
+			continue
+		}
+		a.Checks = append(a.Checks, cs)
 	}
 	return a
 }

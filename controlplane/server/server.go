@@ -148,7 +148,7 @@ func New(cfg Config) (*Server, error) {
 	s.reg.MustRegister(&fleetCollector{f: s.fleet, desc: prometheus.NewDesc("tend_fleet_agents", "Agents by status.", []string{"status"}, nil)})
 
 	s.ingest = ingest.New(st, ingest.Options{Registerer: s.reg}, log.With("component", "ingest"))
-	s.policies, err = api.NewPolicySet(st)
+	s.policies, err = api.NewPolicySet(st, log.With("component", "policies"))
 	if err != nil {
 		s.fleet.Stop()
 		cleanup()

@@ -141,6 +141,9 @@ func TestRevokedAgentIsRefused(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	r, err := admin.ListAgents(ctx, &adminv1.ListAgentsRequest{})
 	require.NoError(t, err)
+	require.Empty(t, r.GetAgents(), "revoked agents are hidden by default")
+	r, err = admin.ListAgents(ctx, &adminv1.ListAgentsRequest{IncludeRevoked: true})
+	require.NoError(t, err)
 	require.True(t, r.GetAgents()[0].GetRevoked())
 	require.Equal(t, adminv1.AgentStatus_AGENT_STATUS_DOWN, r.GetAgents()[0].GetStatus())
 }

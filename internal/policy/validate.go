@@ -166,6 +166,7 @@ func (d *docDecoder) validateCheckParams(c *Check) {
 			d.add(p, "set exactly one of name and pidfile, not both")
 		case f.Name == "" && f.Pidfile == "":
 			d.add(p, "set one of name or pidfile, e.g. %s", checkExamples[CheckProcess])
+		case d.templated(p+".pidfile", f.Pidfile) || d.templated(p+".name", f.Name):
 		case f.Pidfile != "" && !path.IsAbs(f.Pidfile):
 			d.add(p+".pidfile", "must be an absolute path, got %q", f.Pidfile)
 		}
@@ -174,6 +175,7 @@ func (d *docDecoder) validateCheckParams(c *Check) {
 		switch {
 		case f.Path == "":
 			d.add(p+".path", "required field missing: the absolute path of a directory on the filesystem to watch")
+		case d.templated(p+".path", f.Path):
 		case !path.IsAbs(f.Path):
 			d.add(p+".path", "must be an absolute path, got %q", f.Path)
 		}
@@ -189,6 +191,9 @@ func (d *docDecoder) validateCheckParams(c *Check) {
 			d.add(p, "required field missing: host:port, e.g. 127.0.0.1:5432")
 			return
 		}
+		if d.templated(p, c.TCP.Address) {
+			return
+		}
 		if msg := checkHostPort(c.TCP.Address); msg != "" {
 			d.add(p, "%s", msg)
 		}
@@ -196,6 +201,7 @@ func (d *docDecoder) validateCheckParams(c *Check) {
 		p, f := base+".http", c.HTTP
 		if f.URL == "" {
 			d.add(p+".url", "required field missing: an absolute http:// or https:// URL")
+		} else if d.templated(p+".url", f.URL) {
 		} else if msg := checkHTTPURL(f.URL); msg != "" {
 			d.add(p+".url", "%s", msg)
 		}
@@ -207,10 +213,14 @@ func (d *docDecoder) validateCheckParams(c *Check) {
 		switch {
 		case len(f.Argv) == 0:
 			d.add(p, "required field missing: a non-empty list whose first item is an absolute path (commands never run through a shell)")
+		case d.templatedList(p, f.Argv):
 		case !path.IsAbs(f.Argv[0]):
 			d.add(p+"[0]", "must be an absolute path (commands never run through a shell or $PATH), got %q", f.Argv[0])
 		}
 	case CheckService:
+		if d.templated(base+".service.name", c.Service.Name) {
+			return
+		}
 		if strings.TrimSpace(c.Service.Name) == "" {
 			d.add(base+".service.name", "required field missing: the systemd unit, e.g. nginx.service")
 		}

@@ -37,7 +37,8 @@ const (
 // AdminService is the operator API used by tendctl and the web UI. Every call
 // needs an admin client certificate (see admin.conf).
 type AdminServiceClient interface {
-	// ListAgents returns every enrolled agent with its liveness.
+	// ListAgents returns every enrolled agent with its liveness (revoked
+	// agents only on request).
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// DeleteAgent revokes an agent: its certificate is refused from then on
 	// and its id is never reused.
@@ -161,7 +162,8 @@ func (c *adminServiceClient) CreateToken(ctx context.Context, in *CreateTokenReq
 // AdminService is the operator API used by tendctl and the web UI. Every call
 // needs an admin client certificate (see admin.conf).
 type AdminServiceServer interface {
-	// ListAgents returns every enrolled agent with its liveness.
+	// ListAgents returns every enrolled agent with its liveness (revoked
+	// agents only on request).
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// DeleteAgent revokes an agent: its certificate is refused from then on
 	// and its id is never reused.
