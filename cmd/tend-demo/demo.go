@@ -37,7 +37,7 @@ type demo struct {
 }
 
 type demoAgent struct {
-	name, zone, svcAddr, pidfile, dataDir string
+	name, zone, svcAddr, dir, pidfile, dataDir string
 }
 
 func (d *demo) logf(format string, args ...any) {
@@ -181,12 +181,19 @@ func (d *demo) steps(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		// Each demo "host" has its own directory: the service's pidfile and
+		// a spool area the disk policy watches.
+		dir := filepath.Join(d.tmp, fmt.Sprintf("host-%d", i+1))
 		a := demoAgent{
 			name:    fmt.Sprintf("demo-%d", i+1),
 			zone:    zone,
 			svcAddr: addr,
-			pidfile: filepath.Join(d.tmp, fmt.Sprintf("demo-%d.pid", i+1)),
-			dataDir: filepath.Join(d.tmp, fmt.Sprintf("agent-%d", i+1)),
+			dir:     dir,
+			pidfile: filepath.Join(dir, "service.pid"),
+			dataDir: filepath.Join(dir, "agent-data"),
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "spool"), 0o755); err != nil {
+			return err
 		}
 		if _, err := d.spawn("tend-demo-service@"+a.name, "--listen", addr, "--pidfile", a.pidfile, "--name", a.name); err != nil {
 			return err
@@ -201,14 +208,19 @@ func (d *demo) steps(ctx context.Context) error {
 		if err := os.WriteFile(cfg, []byte(agentYAML(a)), 0o644); err != nil {
 			return err
 		}
-		if _, err := d.spawn("tend-agent@"+a.name, "--server", cpAddr, "--token", tok, "--config", cfg, "--data-dir", a.dataDir, "--name", a.name); err != nil {
+		labels := fmt.Sprintf("role=web,zone=%s,app=demo,demo_addr=%s,demo_dir=%s", a.zone, a.svcAddr, a.dir)
+		if _, err := d.spawn("tend-agent@"+a.name, "--server", cpAddr, "--token", tok, "--config", cfg,
+			"--data-dir", a.dataDir, "--name", a.name, "--labels", labels); err != nil {
 			return err
 		}
 		d.logf("agent %s (role=web, zone=%s) started, watching demo service %s", a.name, zone, addr)
 		agents = append(agents, a)
 	}
 
-	files, _ := filepath.Glob(filepath.Join(d.examples, "*.yaml"))
+	files, _ := filepath.Glob(filepath.Join(d.examples, "demo-*.yaml"))
+	if len(files) == 0 {
+		return fmt.Errorf("no demo policies (demo-*.yaml) in %s", d.examples)
+	}
 	sort.Strings(files)
 	for _, f := range files {
 		out, err := d.tendctl(ctx, adminConf, "apply", "-f", f)
@@ -226,10 +238,15 @@ func (d *demo) steps(ctx context.Context) error {
 	}
 	defer closeFn()
 
+	// The live view. Midway, the demo breaks demo-2's health endpoint on
+	// purpose and shows Tend detect it, then repairs it by hand (automatic
+	// remediation arrives with the remediation work).
+	victim := agents[len(agents)/2]
 	end := time.Now().Add(d.watch)
 	var lastAgents []*adminv1.Agent
 	var lastChecks []*adminv1.CheckState
-	for time.Now().Before(end) {
+	var failedAt, detectedAt, recoveredAt, rendered time.Time
+	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		ar, err1 := client.ListAgents(cctx, &adminv1.ListAgentsRequest{})
 		cr, err2 := client.ListChecks(cctx, &adminv1.ListChecksRequest{})
@@ -238,13 +255,42 @@ func (d *demo) steps(ctx context.Context) error {
 			return err
 		}
 		lastAgents, lastChecks = ar.GetAgents(), cr.GetChecks()
-		d.render(lastAgents, lastChecks)
+		if time.Since(rendered) >= 3*time.Second {
+			d.render(lastAgents, lastChecks)
+			rendered = time.Now()
+		}
+		httpState := checkStatus(lastChecks, victim.name, "demo-http")
+		switch {
+		case failedAt.IsZero() && allOK(lastChecks, len(agents)):
+			if err := post(ctx, "http://"+victim.svcAddr+"/fail"); err != nil {
+				return err
+			}
+			failedAt = time.Now()
+			d.logf("breaking %s on purpose: its health endpoint now answers 503", victim.name)
+		case !failedAt.IsZero() && detectedAt.IsZero() && httpState == agentv1.CheckStatus_CHECK_STATUS_CRITICAL:
+			detectedAt = time.Now()
+			d.logf("detected: %s/demo-http is critical, %.1fs after the failure", victim.name, detectedAt.Sub(failedAt).Seconds())
+			if err := post(ctx, "http://"+victim.svcAddr+"/recover"); err != nil {
+				return err
+			}
+			d.logf("repaired %s by hand (automatic remediation comes with the remediation work)", victim.name)
+		case !detectedAt.IsZero() && recoveredAt.IsZero() && httpState == agentv1.CheckStatus_CHECK_STATUS_OK:
+			recoveredAt = time.Now()
+			d.logf("recovered: %s/demo-http is ok again, %.1fs after the repair", victim.name, recoveredAt.Sub(detectedAt).Seconds())
+		}
+		if !recoveredAt.IsZero() && time.Now().After(end) {
+			break
+		}
+		if time.Now().After(end.Add(30 * time.Second)) {
+			return fmt.Errorf("the injected failure was not detected and recovered in time")
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(2 * time.Second):
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
+	d.render(lastAgents, lastChecks)
 
 	connected := 0
 	for _, a := range lastAgents {
@@ -260,27 +306,24 @@ func (d *demo) steps(ctx context.Context) error {
 			ok++
 		}
 	}
-	fmt.Fprintf(d.out, "demo: %d/%d agents connected and reporting, %d/%d checks ok\n", connected, len(agents), ok, len(lastChecks))
-	if connected != len(agents) || len(reporting) != len(agents) {
+	fmt.Fprintf(d.out, "demo: %d/%d agents connected and reporting, %d/%d checks ok, injected failure detected in %.1fs\n",
+		connected, len(agents), ok, len(lastChecks), detectedAt.Sub(failedAt).Seconds())
+	if connected != len(agents) || len(reporting) != len(agents) || ok != len(lastChecks) {
 		return fmt.Errorf("%d of %d agents connected, %d reporting", connected, len(agents), len(reporting))
 	}
 	return nil
 }
 
+// agentYAML is each demo host's own agent.yaml: one local check, which runs
+// whatever the control plane assigns.
 func agentYAML(a demoAgent) string {
-	return fmt.Sprintf(`# written by tend-demo
-labels: {role: web, zone: %s, app: demo}
+	return `# written by tend-demo
 checks:
-  - name: demo-http
-    type: http
-    interval: 2s
-    timeout: 1s
-    http: {url: "http://%s/healthz", expectStatus: 200}
-  - name: demo-process
-    type: process
-    interval: 2s
-    process: {pidfile: %q}
-`, a.zone, a.svcAddr, a.pidfile)
+  - name: root-disk
+    type: disk
+    interval: 5s
+    disk: {path: /, maxUsedPercent: 99}
+`
 }
 
 func (d *demo) tendctl(ctx context.Context, conf string, args ...string) (string, error) {
@@ -310,6 +353,40 @@ func adminClient(path string) (adminv1.AdminServiceClient, func(), error) {
 	return adminv1.NewAdminServiceClient(conn), func() { conn.Close() }, nil
 }
 
+func post(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+func checkStatus(checks []*adminv1.CheckState, agent, check string) agentv1.CheckStatus {
+	for _, c := range checks {
+		if c.GetAgentName() == agent && c.GetCheckId() == check {
+			return c.GetLast().GetStatus()
+		}
+	}
+	return agentv1.CheckStatus_CHECK_STATUS_UNSPECIFIED
+}
+
+// allOK is true once every agent reports and every check is ok.
+func allOK(checks []*adminv1.CheckState, agents int) bool {
+	seen := map[string]bool{}
+	for _, c := range checks {
+		if c.GetLast().GetStatus() != agentv1.CheckStatus_CHECK_STATUS_OK {
+			return false
+		}
+		seen[c.GetAgentName()] = true
+	}
+	return len(seen) == agents && len(checks) >= 4*agents
+}
+
 func statusWord(s agentv1.CheckStatus) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "CHECK_STATUS_"))
 }
@@ -321,6 +398,9 @@ func (d *demo) render(agents []*adminv1.Agent, checks []*adminv1.CheckState) {
 	for _, a := range agents {
 		var labels []string
 		for k, v := range a.GetLabels() {
+			if strings.HasPrefix(k, "demo_") {
+				continue // per-host addresses: long, and shown in the checks' output
+			}
 			labels = append(labels, k+"="+v)
 		}
 		sort.Strings(labels)

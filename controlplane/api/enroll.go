@@ -35,7 +35,7 @@ type Enrollment struct {
 
 var (
 	agentNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-	labelKeyRe  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$`)
+	labelKeyRe  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_./-]{0,62})$`)
 )
 
 // ValidateLabels checks label keys and values (shared with the stream).
@@ -45,7 +45,7 @@ func ValidateLabels(labels map[string]string) error {
 	}
 	for k, v := range labels {
 		if !labelKeyRe.MatchString(k) {
-			return fmt.Errorf("label key %q: want 1-63 characters [A-Za-z0-9._/-] starting with a letter or digit", k)
+			return fmt.Errorf("label key %q: want 1-63 characters [A-Za-z0-9_./-] starting with a letter or digit", k)
 		}
 		if len(v) > 253 || strings.ContainsAny(v, "\x00\n\r") {
 			return fmt.Errorf("label %s: value too long or has control characters", k)
