@@ -79,6 +79,72 @@ func (CheckStatus) EnumDescriptor() ([]byte, []int) {
 	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{0}
 }
 
+// TaskState is a task's life cycle: pending → sent → running → succeeded |
+// failed | expired | rejected.
+type TaskState int32
+
+const (
+	TaskState_TASK_STATE_UNSPECIFIED TaskState = 0
+	TaskState_TASK_STATE_PENDING     TaskState = 1
+	TaskState_TASK_STATE_SENT        TaskState = 2
+	TaskState_TASK_STATE_RUNNING     TaskState = 3
+	TaskState_TASK_STATE_SUCCEEDED   TaskState = 4
+	TaskState_TASK_STATE_FAILED      TaskState = 5
+	TaskState_TASK_STATE_EXPIRED     TaskState = 6
+	TaskState_TASK_STATE_REJECTED    TaskState = 7
+)
+
+// Enum value maps for TaskState.
+var (
+	TaskState_name = map[int32]string{
+		0: "TASK_STATE_UNSPECIFIED",
+		1: "TASK_STATE_PENDING",
+		2: "TASK_STATE_SENT",
+		3: "TASK_STATE_RUNNING",
+		4: "TASK_STATE_SUCCEEDED",
+		5: "TASK_STATE_FAILED",
+		6: "TASK_STATE_EXPIRED",
+		7: "TASK_STATE_REJECTED",
+	}
+	TaskState_value = map[string]int32{
+		"TASK_STATE_UNSPECIFIED": 0,
+		"TASK_STATE_PENDING":     1,
+		"TASK_STATE_SENT":        2,
+		"TASK_STATE_RUNNING":     3,
+		"TASK_STATE_SUCCEEDED":   4,
+		"TASK_STATE_FAILED":      5,
+		"TASK_STATE_EXPIRED":     6,
+		"TASK_STATE_REJECTED":    7,
+	}
+)
+
+func (x TaskState) Enum() *TaskState {
+	p := new(TaskState)
+	*p = x
+	return p
+}
+
+func (x TaskState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TaskState) Descriptor() protoreflect.EnumDescriptor {
+	return file_tend_agent_v1_agent_proto_enumTypes[1].Descriptor()
+}
+
+func (TaskState) Type() protoreflect.EnumType {
+	return &file_tend_agent_v1_agent_proto_enumTypes[1]
+}
+
+func (x TaskState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TaskState.Descriptor instead.
+func (TaskState) EnumDescriptor() ([]byte, []int) {
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
 type EnrollRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The join token id and secret ("<id>.<secret>"); the CA pin is checked by
@@ -515,6 +581,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Checks
 	//	*ConnectResponse_HeartbeatAck
 	//	*ConnectResponse_Task
+	//	*ConnectResponse_TaskAck
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -602,6 +669,15 @@ func (x *ConnectResponse) GetTask() *TaskDelivery {
 	return nil
 }
 
+func (x *ConnectResponse) GetTaskAck() *TaskUpdateAck {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_TaskAck); ok {
+			return x.TaskAck
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -626,6 +702,10 @@ type ConnectResponse_Task struct {
 	Task *TaskDelivery `protobuf:"bytes,5,opt,name=task,proto3,oneof"`
 }
 
+type ConnectResponse_TaskAck struct {
+	TaskAck *TaskUpdateAck `protobuf:"bytes,6,opt,name=task_ack,json=taskAck,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Ack) isConnectResponse_Msg() {}
@@ -635,6 +715,8 @@ func (*ConnectResponse_Checks) isConnectResponse_Msg() {}
 func (*ConnectResponse_HeartbeatAck) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Task) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_TaskAck) isConnectResponse_Msg() {}
 
 // Hello opens the stream. It carries metadata only: who the agent is comes
 // from the certificate.
@@ -652,8 +734,11 @@ type Hello struct {
 	OutboxDroppedTotal uint64 `protobuf:"varint,6,opt,name=outbox_dropped_total,json=outboxDroppedTotal,proto3" json:"outbox_dropped_total,omitempty"`
 	// Results waiting in the outbox at connect time.
 	OutboxPending uint64 `protobuf:"varint,7,opt,name=outbox_pending,json=outboxPending,proto3" json:"outbox_pending,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Highest task sequence number the agent has accepted (persisted before
+	// executing), so the control plane can reconcile tasks in flight.
+	TaskSeqHighWater uint64 `protobuf:"varint,8,opt,name=task_seq_high_water,json=taskSeqHighWater,proto3" json:"task_seq_high_water,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -731,6 +816,13 @@ func (x *Hello) GetOutboxDroppedTotal() uint64 {
 func (x *Hello) GetOutboxPending() uint64 {
 	if x != nil {
 		return x.OutboxPending
+	}
+	return 0
+}
+
+func (x *Hello) GetTaskSeqHighWater() uint64 {
+	if x != nil {
+		return x.TaskSeqHighWater
 	}
 	return 0
 }
@@ -1692,8 +1784,9 @@ func (x *CheckAssignment) GetChecks() []*CheckSpec {
 	return nil
 }
 
-// TaskDelivery carries a signed remediation task (filled by the remediation
-// issue: see tend.task.v1).
+// TaskDelivery carries a signed remediation task: a serialized
+// tend.task.v1.Envelope, kept as bytes so the agent verifies exactly what
+// the control plane signed.
 type TaskDelivery struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Envelope      []byte                 `protobuf:"bytes,1,opt,name=envelope,proto3" json:"envelope,omitempty"`
@@ -1738,21 +1831,83 @@ func (x *TaskDelivery) GetEnvelope() []byte {
 	return nil
 }
 
-// TaskUpdate reports the progress and outcome of a task.
-type TaskUpdate struct {
+// TaskUpdateAck says the control plane has durably recorded a task update;
+// the agent may forget it.
+type TaskUpdateAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
-	Output        string                 `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
-	At            *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=at,proto3" json:"at,omitempty"`
+	State         TaskState              `protobuf:"varint,2,opt,name=state,proto3,enum=tend.agent.v1.TaskState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskUpdateAck) Reset() {
+	*x = TaskUpdateAck{}
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskUpdateAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskUpdateAck) ProtoMessage() {}
+
+func (x *TaskUpdateAck) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskUpdateAck.ProtoReflect.Descriptor instead.
+func (*TaskUpdateAck) Descriptor() ([]byte, []int) {
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TaskUpdateAck) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskUpdateAck) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
+// TaskUpdate reports the progress and outcome of a task. The agent keeps
+// updates in its outbox until acknowledged, like results.
+type TaskUpdate struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The task's per-agent sequence number (0 if the envelope could not be
+	// decoded far enough to read it).
+	Seq   uint64    `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	State TaskState `protobuf:"varint,3,opt,name=state,proto3,enum=tend.agent.v1.TaskState" json:"state,omitempty"`
+	// What the plugin reported, capped at 4 KiB.
+	Output string                 `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
+	At     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=at,proto3" json:"at,omitempty"`
+	// Why a task was rejected or failed, e.g. "action exec.run not in the
+	// agent's allow-list".
+	Reason        string             `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	Metrics       map[string]float64 `protobuf:"bytes,7,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskUpdate) Reset() {
 	*x = TaskUpdate{}
-	mi := &file_tend_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1764,7 +1919,7 @@ func (x *TaskUpdate) String() string {
 func (*TaskUpdate) ProtoMessage() {}
 
 func (x *TaskUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1777,7 +1932,7 @@ func (x *TaskUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdate.ProtoReflect.Descriptor instead.
 func (*TaskUpdate) Descriptor() ([]byte, []int) {
-	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TaskUpdate) GetTaskId() string {
@@ -1794,11 +1949,11 @@ func (x *TaskUpdate) GetSeq() uint64 {
 	return 0
 }
 
-func (x *TaskUpdate) GetState() string {
+func (x *TaskUpdate) GetState() TaskState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return TaskState_TASK_STATE_UNSPECIFIED
 }
 
 func (x *TaskUpdate) GetOutput() string {
@@ -1811,6 +1966,20 @@ func (x *TaskUpdate) GetOutput() string {
 func (x *TaskUpdate) GetAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.At
+	}
+	return nil
+}
+
+func (x *TaskUpdate) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *TaskUpdate) GetMetrics() map[string]float64 {
+	if x != nil {
+		return x.Metrics
 	}
 	return nil
 }
@@ -1851,14 +2020,15 @@ const file_tend_agent_v1_agent_proto_rawDesc = "" +
 	"\theartbeat\x18\x03 \x01(\v2\x18.tend.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
 	"\vtask_update\x18\x04 \x01(\v2\x19.tend.agent.v1.TaskUpdateH\x00R\n" +
 	"taskUpdateB\x05\n" +
-	"\x03msg\"\xaa\x02\n" +
+	"\x03msg\"\xe5\x02\n" +
 	"\x0fConnectResponse\x122\n" +
 	"\awelcome\x18\x01 \x01(\v2\x16.tend.agent.v1.WelcomeH\x00R\awelcome\x12+\n" +
 	"\x03ack\x18\x02 \x01(\v2\x17.tend.agent.v1.BatchAckH\x00R\x03ack\x128\n" +
 	"\x06checks\x18\x03 \x01(\v2\x1e.tend.agent.v1.CheckAssignmentH\x00R\x06checks\x12B\n" +
 	"\rheartbeat_ack\x18\x04 \x01(\v2\x1b.tend.agent.v1.HeartbeatAckH\x00R\fheartbeatAck\x121\n" +
-	"\x04task\x18\x05 \x01(\v2\x1b.tend.agent.v1.TaskDeliveryH\x00R\x04taskB\x05\n" +
-	"\x03msg\"\xca\x03\n" +
+	"\x04task\x18\x05 \x01(\v2\x1b.tend.agent.v1.TaskDeliveryH\x00R\x04task\x129\n" +
+	"\btask_ack\x18\x06 \x01(\v2\x1c.tend.agent.v1.TaskUpdateAckH\x00R\ataskAckB\x05\n" +
+	"\x03msg\"\xf9\x03\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x128\n" +
 	"\x06labels\x18\x02 \x03(\v2 .tend.agent.v1.Hello.LabelsEntryR\x06labels\x125\n" +
@@ -1866,7 +2036,8 @@ const file_tend_agent_v1_agent_proto_rawDesc = "" +
 	"\flocal_checks\x18\x04 \x03(\v2\x18.tend.agent.v1.CheckSpecR\vlocalChecks\x12+\n" +
 	"\x11checks_generation\x18\x05 \x01(\x04R\x10checksGeneration\x120\n" +
 	"\x14outbox_dropped_total\x18\x06 \x01(\x04R\x12outboxDroppedTotal\x12%\n" +
-	"\x0eoutbox_pending\x18\a \x01(\x04R\routboxPending\x1a9\n" +
+	"\x0eoutbox_pending\x18\a \x01(\x04R\routboxPending\x12-\n" +
+	"\x13task_seq_high_water\x18\b \x01(\x04R\x10taskSeqHighWater\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a8\n" +
@@ -1944,20 +2115,37 @@ const file_tend_agent_v1_agent_proto_rawDesc = "" +
 	"generation\x120\n" +
 	"\x06checks\x18\x02 \x03(\v2\x18.tend.agent.v1.CheckSpecR\x06checks\"*\n" +
 	"\fTaskDelivery\x12\x1a\n" +
-	"\benvelope\x18\x01 \x01(\fR\benvelope\"\x91\x01\n" +
+	"\benvelope\x18\x01 \x01(\fR\benvelope\"X\n" +
+	"\rTaskUpdateAck\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12.\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x18.tend.agent.v1.TaskStateR\x05state\"\xc1\x02\n" +
 	"\n" +
 	"TaskUpdate\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x10\n" +
-	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x18.tend.agent.v1.TaskStateR\x05state\x12\x16\n" +
 	"\x06output\x18\x04 \x01(\tR\x06output\x12*\n" +
-	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at*\x8f\x01\n" +
+	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12@\n" +
+	"\ametrics\x18\a \x03(\v2&.tend.agent.v1.TaskUpdate.MetricsEntryR\ametrics\x1a:\n" +
+	"\fMetricsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01*\x8f\x01\n" +
 	"\vCheckStatus\x12\x1c\n" +
 	"\x18CHECK_STATUS_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fCHECK_STATUS_OK\x10\x01\x12\x18\n" +
 	"\x14CHECK_STATUS_WARNING\x10\x02\x12\x19\n" +
 	"\x15CHECK_STATUS_CRITICAL\x10\x03\x12\x18\n" +
-	"\x14CHECK_STATUS_UNKNOWN\x10\x042\x9e\x01\n" +
+	"\x14CHECK_STATUS_UNKNOWN\x10\x04*\xce\x01\n" +
+	"\tTaskState\x12\x1a\n" +
+	"\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12TASK_STATE_PENDING\x10\x01\x12\x13\n" +
+	"\x0fTASK_STATE_SENT\x10\x02\x12\x16\n" +
+	"\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n" +
+	"\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n" +
+	"\x11TASK_STATE_FAILED\x10\x05\x12\x16\n" +
+	"\x12TASK_STATE_EXPIRED\x10\x06\x12\x17\n" +
+	"\x13TASK_STATE_REJECTED\x10\a2\x9e\x01\n" +
 	"\x11EnrollmentService\x12E\n" +
 	"\x06Enroll\x12\x1c.tend.agent.v1.EnrollRequest\x1a\x1d.tend.agent.v1.EnrollResponse\x12B\n" +
 	"\x05Renew\x12\x1b.tend.agent.v1.RenewRequest\x1a\x1c.tend.agent.v1.RenewResponse2\\\n" +
@@ -1976,88 +2164,95 @@ func file_tend_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_tend_agent_v1_agent_proto_rawDescData
 }
 
-var file_tend_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tend_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tend_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_tend_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_tend_agent_v1_agent_proto_goTypes = []any{
 	(CheckStatus)(0),              // 0: tend.agent.v1.CheckStatus
-	(*EnrollRequest)(nil),         // 1: tend.agent.v1.EnrollRequest
-	(*EnrollResponse)(nil),        // 2: tend.agent.v1.EnrollResponse
-	(*RenewRequest)(nil),          // 3: tend.agent.v1.RenewRequest
-	(*RenewResponse)(nil),         // 4: tend.agent.v1.RenewResponse
-	(*SigningKey)(nil),            // 5: tend.agent.v1.SigningKey
-	(*ConnectRequest)(nil),        // 6: tend.agent.v1.ConnectRequest
-	(*ConnectResponse)(nil),       // 7: tend.agent.v1.ConnectResponse
-	(*Hello)(nil),                 // 8: tend.agent.v1.Hello
-	(*Welcome)(nil),               // 9: tend.agent.v1.Welcome
-	(*Heartbeat)(nil),             // 10: tend.agent.v1.Heartbeat
-	(*HeartbeatAck)(nil),          // 11: tend.agent.v1.HeartbeatAck
-	(*CheckResult)(nil),           // 12: tend.agent.v1.CheckResult
-	(*ResultBatch)(nil),           // 13: tend.agent.v1.ResultBatch
-	(*BatchAck)(nil),              // 14: tend.agent.v1.BatchAck
-	(*CheckSpec)(nil),             // 15: tend.agent.v1.CheckSpec
-	(*ProcessCheck)(nil),          // 16: tend.agent.v1.ProcessCheck
-	(*DiskCheck)(nil),             // 17: tend.agent.v1.DiskCheck
-	(*TcpCheck)(nil),              // 18: tend.agent.v1.TcpCheck
-	(*HttpCheck)(nil),             // 19: tend.agent.v1.HttpCheck
-	(*CommandCheck)(nil),          // 20: tend.agent.v1.CommandCheck
-	(*ServiceCheck)(nil),          // 21: tend.agent.v1.ServiceCheck
-	(*CheckAssignment)(nil),       // 22: tend.agent.v1.CheckAssignment
-	(*TaskDelivery)(nil),          // 23: tend.agent.v1.TaskDelivery
-	(*TaskUpdate)(nil),            // 24: tend.agent.v1.TaskUpdate
-	nil,                           // 25: tend.agent.v1.EnrollRequest.LabelsEntry
-	nil,                           // 26: tend.agent.v1.Hello.LabelsEntry
-	nil,                           // 27: tend.agent.v1.Hello.FactsEntry
-	nil,                           // 28: tend.agent.v1.CheckResult.MetricsEntry
-	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(TaskState)(0),                // 1: tend.agent.v1.TaskState
+	(*EnrollRequest)(nil),         // 2: tend.agent.v1.EnrollRequest
+	(*EnrollResponse)(nil),        // 3: tend.agent.v1.EnrollResponse
+	(*RenewRequest)(nil),          // 4: tend.agent.v1.RenewRequest
+	(*RenewResponse)(nil),         // 5: tend.agent.v1.RenewResponse
+	(*SigningKey)(nil),            // 6: tend.agent.v1.SigningKey
+	(*ConnectRequest)(nil),        // 7: tend.agent.v1.ConnectRequest
+	(*ConnectResponse)(nil),       // 8: tend.agent.v1.ConnectResponse
+	(*Hello)(nil),                 // 9: tend.agent.v1.Hello
+	(*Welcome)(nil),               // 10: tend.agent.v1.Welcome
+	(*Heartbeat)(nil),             // 11: tend.agent.v1.Heartbeat
+	(*HeartbeatAck)(nil),          // 12: tend.agent.v1.HeartbeatAck
+	(*CheckResult)(nil),           // 13: tend.agent.v1.CheckResult
+	(*ResultBatch)(nil),           // 14: tend.agent.v1.ResultBatch
+	(*BatchAck)(nil),              // 15: tend.agent.v1.BatchAck
+	(*CheckSpec)(nil),             // 16: tend.agent.v1.CheckSpec
+	(*ProcessCheck)(nil),          // 17: tend.agent.v1.ProcessCheck
+	(*DiskCheck)(nil),             // 18: tend.agent.v1.DiskCheck
+	(*TcpCheck)(nil),              // 19: tend.agent.v1.TcpCheck
+	(*HttpCheck)(nil),             // 20: tend.agent.v1.HttpCheck
+	(*CommandCheck)(nil),          // 21: tend.agent.v1.CommandCheck
+	(*ServiceCheck)(nil),          // 22: tend.agent.v1.ServiceCheck
+	(*CheckAssignment)(nil),       // 23: tend.agent.v1.CheckAssignment
+	(*TaskDelivery)(nil),          // 24: tend.agent.v1.TaskDelivery
+	(*TaskUpdateAck)(nil),         // 25: tend.agent.v1.TaskUpdateAck
+	(*TaskUpdate)(nil),            // 26: tend.agent.v1.TaskUpdate
+	nil,                           // 27: tend.agent.v1.EnrollRequest.LabelsEntry
+	nil,                           // 28: tend.agent.v1.Hello.LabelsEntry
+	nil,                           // 29: tend.agent.v1.Hello.FactsEntry
+	nil,                           // 30: tend.agent.v1.CheckResult.MetricsEntry
+	nil,                           // 31: tend.agent.v1.TaskUpdate.MetricsEntry
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
 }
 var file_tend_agent_v1_agent_proto_depIdxs = []int32{
-	25, // 0: tend.agent.v1.EnrollRequest.labels:type_name -> tend.agent.v1.EnrollRequest.LabelsEntry
-	5,  // 1: tend.agent.v1.EnrollResponse.signing_keys:type_name -> tend.agent.v1.SigningKey
-	5,  // 2: tend.agent.v1.RenewResponse.signing_keys:type_name -> tend.agent.v1.SigningKey
-	8,  // 3: tend.agent.v1.ConnectRequest.hello:type_name -> tend.agent.v1.Hello
-	13, // 4: tend.agent.v1.ConnectRequest.results:type_name -> tend.agent.v1.ResultBatch
-	10, // 5: tend.agent.v1.ConnectRequest.heartbeat:type_name -> tend.agent.v1.Heartbeat
-	24, // 6: tend.agent.v1.ConnectRequest.task_update:type_name -> tend.agent.v1.TaskUpdate
-	9,  // 7: tend.agent.v1.ConnectResponse.welcome:type_name -> tend.agent.v1.Welcome
-	14, // 8: tend.agent.v1.ConnectResponse.ack:type_name -> tend.agent.v1.BatchAck
-	22, // 9: tend.agent.v1.ConnectResponse.checks:type_name -> tend.agent.v1.CheckAssignment
-	11, // 10: tend.agent.v1.ConnectResponse.heartbeat_ack:type_name -> tend.agent.v1.HeartbeatAck
-	23, // 11: tend.agent.v1.ConnectResponse.task:type_name -> tend.agent.v1.TaskDelivery
-	26, // 12: tend.agent.v1.Hello.labels:type_name -> tend.agent.v1.Hello.LabelsEntry
-	27, // 13: tend.agent.v1.Hello.facts:type_name -> tend.agent.v1.Hello.FactsEntry
-	15, // 14: tend.agent.v1.Hello.local_checks:type_name -> tend.agent.v1.CheckSpec
-	29, // 15: tend.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	29, // 16: tend.agent.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
-	30, // 17: tend.agent.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	30, // 18: tend.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	30, // 19: tend.agent.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	0,  // 20: tend.agent.v1.CheckResult.status:type_name -> tend.agent.v1.CheckStatus
-	28, // 21: tend.agent.v1.CheckResult.metrics:type_name -> tend.agent.v1.CheckResult.MetricsEntry
-	30, // 22: tend.agent.v1.CheckResult.started_at:type_name -> google.protobuf.Timestamp
-	29, // 23: tend.agent.v1.CheckResult.duration:type_name -> google.protobuf.Duration
-	12, // 24: tend.agent.v1.ResultBatch.results:type_name -> tend.agent.v1.CheckResult
-	29, // 25: tend.agent.v1.CheckSpec.interval:type_name -> google.protobuf.Duration
-	29, // 26: tend.agent.v1.CheckSpec.timeout:type_name -> google.protobuf.Duration
-	16, // 27: tend.agent.v1.CheckSpec.process:type_name -> tend.agent.v1.ProcessCheck
-	17, // 28: tend.agent.v1.CheckSpec.disk:type_name -> tend.agent.v1.DiskCheck
-	18, // 29: tend.agent.v1.CheckSpec.tcp:type_name -> tend.agent.v1.TcpCheck
-	19, // 30: tend.agent.v1.CheckSpec.http:type_name -> tend.agent.v1.HttpCheck
-	20, // 31: tend.agent.v1.CheckSpec.command:type_name -> tend.agent.v1.CommandCheck
-	21, // 32: tend.agent.v1.CheckSpec.service:type_name -> tend.agent.v1.ServiceCheck
-	15, // 33: tend.agent.v1.CheckAssignment.checks:type_name -> tend.agent.v1.CheckSpec
-	30, // 34: tend.agent.v1.TaskUpdate.at:type_name -> google.protobuf.Timestamp
-	1,  // 35: tend.agent.v1.EnrollmentService.Enroll:input_type -> tend.agent.v1.EnrollRequest
-	3,  // 36: tend.agent.v1.EnrollmentService.Renew:input_type -> tend.agent.v1.RenewRequest
-	6,  // 37: tend.agent.v1.AgentService.Connect:input_type -> tend.agent.v1.ConnectRequest
-	2,  // 38: tend.agent.v1.EnrollmentService.Enroll:output_type -> tend.agent.v1.EnrollResponse
-	4,  // 39: tend.agent.v1.EnrollmentService.Renew:output_type -> tend.agent.v1.RenewResponse
-	7,  // 40: tend.agent.v1.AgentService.Connect:output_type -> tend.agent.v1.ConnectResponse
-	38, // [38:41] is the sub-list for method output_type
-	35, // [35:38] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	27, // 0: tend.agent.v1.EnrollRequest.labels:type_name -> tend.agent.v1.EnrollRequest.LabelsEntry
+	6,  // 1: tend.agent.v1.EnrollResponse.signing_keys:type_name -> tend.agent.v1.SigningKey
+	6,  // 2: tend.agent.v1.RenewResponse.signing_keys:type_name -> tend.agent.v1.SigningKey
+	9,  // 3: tend.agent.v1.ConnectRequest.hello:type_name -> tend.agent.v1.Hello
+	14, // 4: tend.agent.v1.ConnectRequest.results:type_name -> tend.agent.v1.ResultBatch
+	11, // 5: tend.agent.v1.ConnectRequest.heartbeat:type_name -> tend.agent.v1.Heartbeat
+	26, // 6: tend.agent.v1.ConnectRequest.task_update:type_name -> tend.agent.v1.TaskUpdate
+	10, // 7: tend.agent.v1.ConnectResponse.welcome:type_name -> tend.agent.v1.Welcome
+	15, // 8: tend.agent.v1.ConnectResponse.ack:type_name -> tend.agent.v1.BatchAck
+	23, // 9: tend.agent.v1.ConnectResponse.checks:type_name -> tend.agent.v1.CheckAssignment
+	12, // 10: tend.agent.v1.ConnectResponse.heartbeat_ack:type_name -> tend.agent.v1.HeartbeatAck
+	24, // 11: tend.agent.v1.ConnectResponse.task:type_name -> tend.agent.v1.TaskDelivery
+	25, // 12: tend.agent.v1.ConnectResponse.task_ack:type_name -> tend.agent.v1.TaskUpdateAck
+	28, // 13: tend.agent.v1.Hello.labels:type_name -> tend.agent.v1.Hello.LabelsEntry
+	29, // 14: tend.agent.v1.Hello.facts:type_name -> tend.agent.v1.Hello.FactsEntry
+	16, // 15: tend.agent.v1.Hello.local_checks:type_name -> tend.agent.v1.CheckSpec
+	32, // 16: tend.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	32, // 17: tend.agent.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
+	33, // 18: tend.agent.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	33, // 19: tend.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	33, // 20: tend.agent.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	0,  // 21: tend.agent.v1.CheckResult.status:type_name -> tend.agent.v1.CheckStatus
+	30, // 22: tend.agent.v1.CheckResult.metrics:type_name -> tend.agent.v1.CheckResult.MetricsEntry
+	33, // 23: tend.agent.v1.CheckResult.started_at:type_name -> google.protobuf.Timestamp
+	32, // 24: tend.agent.v1.CheckResult.duration:type_name -> google.protobuf.Duration
+	13, // 25: tend.agent.v1.ResultBatch.results:type_name -> tend.agent.v1.CheckResult
+	32, // 26: tend.agent.v1.CheckSpec.interval:type_name -> google.protobuf.Duration
+	32, // 27: tend.agent.v1.CheckSpec.timeout:type_name -> google.protobuf.Duration
+	17, // 28: tend.agent.v1.CheckSpec.process:type_name -> tend.agent.v1.ProcessCheck
+	18, // 29: tend.agent.v1.CheckSpec.disk:type_name -> tend.agent.v1.DiskCheck
+	19, // 30: tend.agent.v1.CheckSpec.tcp:type_name -> tend.agent.v1.TcpCheck
+	20, // 31: tend.agent.v1.CheckSpec.http:type_name -> tend.agent.v1.HttpCheck
+	21, // 32: tend.agent.v1.CheckSpec.command:type_name -> tend.agent.v1.CommandCheck
+	22, // 33: tend.agent.v1.CheckSpec.service:type_name -> tend.agent.v1.ServiceCheck
+	16, // 34: tend.agent.v1.CheckAssignment.checks:type_name -> tend.agent.v1.CheckSpec
+	1,  // 35: tend.agent.v1.TaskUpdateAck.state:type_name -> tend.agent.v1.TaskState
+	1,  // 36: tend.agent.v1.TaskUpdate.state:type_name -> tend.agent.v1.TaskState
+	33, // 37: tend.agent.v1.TaskUpdate.at:type_name -> google.protobuf.Timestamp
+	31, // 38: tend.agent.v1.TaskUpdate.metrics:type_name -> tend.agent.v1.TaskUpdate.MetricsEntry
+	2,  // 39: tend.agent.v1.EnrollmentService.Enroll:input_type -> tend.agent.v1.EnrollRequest
+	4,  // 40: tend.agent.v1.EnrollmentService.Renew:input_type -> tend.agent.v1.RenewRequest
+	7,  // 41: tend.agent.v1.AgentService.Connect:input_type -> tend.agent.v1.ConnectRequest
+	3,  // 42: tend.agent.v1.EnrollmentService.Enroll:output_type -> tend.agent.v1.EnrollResponse
+	5,  // 43: tend.agent.v1.EnrollmentService.Renew:output_type -> tend.agent.v1.RenewResponse
+	8,  // 44: tend.agent.v1.AgentService.Connect:output_type -> tend.agent.v1.ConnectResponse
+	42, // [42:45] is the sub-list for method output_type
+	39, // [39:42] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_tend_agent_v1_agent_proto_init() }
@@ -2077,6 +2272,7 @@ func file_tend_agent_v1_agent_proto_init() {
 		(*ConnectResponse_Checks)(nil),
 		(*ConnectResponse_HeartbeatAck)(nil),
 		(*ConnectResponse_Task)(nil),
+		(*ConnectResponse_TaskAck)(nil),
 	}
 	file_tend_agent_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
 		(*CheckSpec_Process)(nil),
@@ -2091,8 +2287,8 @@ func file_tend_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tend_agent_v1_agent_proto_rawDesc), len(file_tend_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   28,
+			NumEnums:      2,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
