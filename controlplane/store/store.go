@@ -159,5 +159,145 @@ type Store interface {
 	// limit 0 means all, otherwise the newest limit results.
 	ListResults(agentID, checkID string, limit int) ([]*agentv1.CheckResult, error)
 
+	RemediationStore
+
 	Close() error
+}
+
+// Incident states.
+const (
+	IncidentOpen        = "open"
+	IncidentRemediating = "remediating"
+	IncidentVerifying   = "verifying"
+	IncidentResolved    = "resolved"
+	IncidentEscalated   = "escalated"
+	IncidentSuppressed  = "suppressed"
+	IncidentFlapping    = "flapping"
+)
+
+// IncidentTerminal reports whether an incident in this state is closed: a
+// new trigger for the same (agent, policy) opens a new incident.
+func IncidentTerminal(state string) bool {
+	return state == IncidentResolved || state == IncidentEscalated
+}
+
+// Task states (as agentv1.TaskState, lower-case).
+const (
+	TaskPending   = "pending"
+	TaskSent      = "sent"
+	TaskRunning   = "running"
+	TaskSucceeded = "succeeded"
+	TaskFailed    = "failed"
+	TaskExpired   = "expired"
+	TaskRejected  = "rejected"
+)
+
+// TaskTerminal reports whether a task in this state is finished.
+func TaskTerminal(state string) bool {
+	switch state {
+	case TaskSucceeded, TaskFailed, TaskExpired, TaskRejected:
+		return true
+	}
+	return false
+}
+
+// Event is one entry of an incident's timeline.
+type Event struct {
+	At time.Time `json:"at"`
+	// Kind: detected, decided, suppressed, signed, sent, started, finished,
+	// verified, retry, escalated, flapping, resolved, rejected, expired.
+	Kind    string `json:"kind"`
+	Message string `json:"message"`
+	// Rule that stopped automation, for suppressed events (cooldown,
+	// max_attempts, max_concurrent, max_per_hour, approval_required, shadow, ...).
+	Rule   string `json:"rule,omitempty"`
+	TaskID string `json:"taskId,omitempty"`
+}
+
+// Incident is one failure of one (agent, policy), from trigger to close.
+type Incident struct {
+	ID            string    `json:"id"`
+	AgentID       string    `json:"agentId"`
+	Policy        string    `json:"policy"`
+	PolicyVersion uint64    `json:"policyVersion"`
+	State         string    `json:"state"`
+	OpenedAt      time.Time `json:"openedAt"`
+	UpdatedAt     time.Time `json:"updatedAt"`
+	ResolvedAt    time.Time `json:"resolvedAt,omitzero"`
+	Attempts      int       `json:"attempts"`
+	// Reason is the latest explanation (why it opened, why it is waiting,
+	// why it was escalated).
+	Reason   string  `json:"reason"`
+	Timeline []Event `json:"timeline"`
+}
+
+// Task is one signed remediation order.
+type Task struct {
+	ID            string    `json:"id"`
+	IncidentID    string    `json:"incidentId"`
+	AgentID       string    `json:"agentId"`
+	Policy        string    `json:"policy"`
+	PolicyVersion uint64    `json:"policyVersion"`
+	Action        string    `json:"action"`
+	Params        []byte    `json:"params"` // JSON object
+	State         string    `json:"state"`
+	Seq           uint64    `json:"seq"` // per-agent, assigned by CreateTask
+	Attempt       int       `json:"attempt"`
+	CreatedAt     time.Time `json:"createdAt"`
+	NotBefore     time.Time `json:"notBefore"`
+	ExpiresAt     time.Time `json:"expiresAt"`
+	SentAt        time.Time `json:"sentAt,omitzero"`
+	StartedAt     time.Time `json:"startedAt,omitzero"`
+	FinishedAt    time.Time `json:"finishedAt,omitzero"`
+	Output        string    `json:"output,omitempty"`
+	Reason        string    `json:"reason,omitempty"`
+	// Envelope is the signed tend.task.v1.Envelope as sent to the agent.
+	Envelope []byte `json:"envelope,omitempty"`
+	// ApprovedBy is set when a task that needs approval was approved.
+	ApprovedBy string    `json:"approvedBy,omitempty"`
+	ApprovedAt time.Time `json:"approvedAt,omitzero"`
+}
+
+// IncidentFilter selects incidents; zero fields match everything.
+type IncidentFilter struct {
+	AgentID  string
+	Policy   string
+	OpenOnly bool // not resolved or escalated
+}
+
+// TaskFilter selects tasks; zero fields match everything.
+type TaskFilter struct {
+	AgentID    string
+	IncidentID string
+	States     []string
+}
+
+// RemediationStore keeps incidents and tasks. It is part of Store.
+type RemediationStore interface {
+	// CreateIncident stores a new incident. At most one non-terminal
+	// incident may exist per (agent, policy): a second one is refused with
+	// ErrExists (wrapped) naming the open one.
+	CreateIncident(inc Incident) error
+	GetIncident(id string) (Incident, error)
+	// OpenIncident returns the non-terminal incident of (agent, policy), or
+	// ErrNotFound.
+	OpenIncident(agentID, policy string) (Incident, error)
+	// UpdateIncident reads, changes and writes one incident atomically,
+	// keeping the open-incident index right when the state becomes terminal.
+	UpdateIncident(id string, fn func(*Incident) error) error
+	// ListIncidents returns matching incidents, newest first (by OpenedAt).
+	ListIncidents(f IncidentFilter) ([]Incident, error)
+
+	// CreateTask assigns the task the agent's next sequence number (strictly
+	// increasing per agent, never reused, persisted), calls seal (which signs
+	// it and sets Envelope) and stores it, all in one transaction; if seal
+	// fails nothing is stored and the sequence number is not consumed.
+	CreateTask(t Task, seal func(*Task) error) (Task, error)
+	GetTask(id string) (Task, error)
+	// UpdateTask reads, changes and writes one task atomically.
+	UpdateTask(id string, fn func(*Task) error) error
+	// ListTasks returns matching tasks, newest first (by CreatedAt).
+	ListTasks(f TaskFilter) ([]Task, error)
+	// TaskSeq returns the agent's last assigned task sequence number.
+	TaskSeq(agentID string) (uint64, error)
 }
