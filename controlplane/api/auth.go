@@ -38,6 +38,9 @@ var MethodRoles = map[string][]string{
 	adminv1.AdminService_ListChecks_FullMethodName:    {pki.RoleAdmin},
 	adminv1.AdminService_ListResults_FullMethodName:   {pki.RoleAdmin},
 	adminv1.AdminService_CreateToken_FullMethodName:   {pki.RoleAdmin},
+	adminv1.AdminService_ListIncidents_FullMethodName: {pki.RoleAdmin},
+	adminv1.AdminService_GetIncident_FullMethodName:   {pki.RoleAdmin},
+	adminv1.AdminService_ListTasks_FullMethodName:     {pki.RoleAdmin},
 }
 
 type identityKey struct{}

@@ -107,3 +107,20 @@ func (ps *PolicySet) PushAll(f *fleet.Registry) {
 		s.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Checks{Checks: ps.Assignment(a.Labels)}})
 	})
 }
+
+// Lookup returns the current version of a policy.
+func (ps *PolicySet) Lookup(name string) (*policy.Policy, uint64, bool) {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	for _, lp := range ps.policies {
+		if lp.p.Name() == name {
+			return lp.p, lp.version, true
+		}
+	}
+	return nil, 0, false
+}
+
+// MatchedCount is how many non-revoked agents the policy's selector matches.
+func (ps *PolicySet) MatchedCount(name string, agents []store.Agent) int {
+	return len(ps.MatchedAgents(name, agents))
+}

@@ -40,9 +40,22 @@ type Stream struct {
 	Fleet    *fleet.Registry
 	Ingest   *ingest.Committer
 	Policies *PolicySet
-	Log      *slog.Logger
-	Now      func() time.Time
-	Streams  prometheus.Gauge
+	// Remediation receives durable results, task updates and connects.
+	Remediation Remediation
+	Log         *slog.Logger
+	Now         func() time.Time
+	Streams     prometheus.Gauge
+}
+
+// Remediation is the remediation loop as the stream handler sees it.
+type Remediation interface {
+	// OnResults gets results that were just made durable (new ones only).
+	OnResults(agentID string, results []*agentv1.CheckResult)
+	// OnConnect is told the agent's task high-water mark on every connect.
+	OnConnect(agentID string, taskHighWater uint64)
+	// OnTaskUpdate records a task update durably; the update is
+	// acknowledged to the agent only when it returns nil.
+	OnTaskUpdate(ctx context.Context, agentID string, u *agentv1.TaskUpdate) error
 }
 
 type recvResult struct {
@@ -127,6 +140,9 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 		ResultsAckedThrough: counters.HighWater,
 	}}})
 	sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Checks{Checks: h.Policies.Assignment(agent.Labels)}})
+	if h.Remediation != nil {
+		h.Remediation.OnConnect(id.ID, hello.GetTaskSeqHighWater())
+	}
 
 	// Reader: bounded acks in flight give back-pressure to a fast agent.
 	inflight := make(chan struct{}, maxInFlightAcks)
@@ -185,6 +201,7 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 			return sess.Context().Err()
 		}
 		batchID := b.GetBatchId()
+		results := b.GetResults()
 		h.Ingest.SubmitAsync(store.ResultBatch{AgentID: agentID, Results: b.GetResults(), OutboxDropped: b.GetOutboxDroppedTotal()},
 			func(out store.CommitOutcome, err error) {
 				<-inflight
@@ -194,6 +211,11 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 					sess.Close(fmt.Errorf("results not stored: %w", err))
 					return
 				}
+				// Results are in seq order and duplicates are those at or
+				// below the old high-water mark: the new ones are the last.
+				if h.Remediation != nil && out.Stored > 0 && out.Stored <= len(results) {
+					h.Remediation.OnResults(agentID, results[len(results)-out.Stored:])
+				}
 				sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Ack{Ack: &agentv1.BatchAck{
 					BatchId: batchID, AckedThrough: out.AckedThrough, Stored: uint32(out.Stored),
 				}}})
@@ -201,7 +223,18 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 	case *agentv1.ConnectRequest_Hello:
 		return status.Error(codes.InvalidArgument, "hello may only be sent once per stream")
 	case *agentv1.ConnectRequest_TaskUpdate:
-		// Tasks arrive with the remediation issue; ignore updates until then.
+		u := msg.TaskUpdate
+		if len(u.GetTaskId()) > 128 || len(u.GetOutput()) > MaxOutputLen+64 || len(u.GetReason()) > MaxOutputLen+64 || len(u.GetMetrics()) > MaxMetrics {
+			return status.Error(codes.InvalidArgument, "task update: field too large")
+		}
+		if h.Remediation != nil {
+			if err := h.Remediation.OnTaskUpdate(sess.Context(), agentID, u); err != nil {
+				// Not acknowledged: the agent keeps it and sends it again.
+				h.Log.Error("record task update", "agent_id", agentID, "task", u.GetTaskId(), "err", err)
+				return nil
+			}
+		}
+		sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_TaskAck{TaskAck: &agentv1.TaskUpdateAck{TaskId: u.GetTaskId(), State: u.GetState()}}})
 	default:
 		return status.Error(codes.InvalidArgument, "empty or unknown message on the agent stream")
 	}

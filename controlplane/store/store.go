@@ -22,6 +22,11 @@ var (
 	// ErrExists is returned when a record with the same id already exists
 	// (an agent id, even of a revoked agent, or a token id).
 	ErrExists = errors.New("already exists")
+	// ErrTerminal is returned when an update would take an incident or a
+	// task out of a terminal state (a resolved incident re-opened, a
+	// finished task reported running again), or a task is created for a
+	// closed incident. Callers ignore it for late or replayed reports.
+	ErrTerminal = errors.New("already in a terminal state")
 )
 
 // Agent statuses, as shown by the admin API.
@@ -276,14 +281,19 @@ type TaskFilter struct {
 type RemediationStore interface {
 	// CreateIncident stores a new incident. At most one non-terminal
 	// incident may exist per (agent, policy): a second one is refused with
-	// ErrExists (wrapped) naming the open one.
+	// ErrExists (wrapped) naming the open one; so is a used id. ID, AgentID,
+	// Policy and a known State are required; a zero OpenedAt is set to now.
 	CreateIncident(inc Incident) error
+	// GetIncident returns ErrNotFound (wrapped) for an unknown id.
 	GetIncident(id string) (Incident, error)
 	// OpenIncident returns the non-terminal incident of (agent, policy), or
 	// ErrNotFound.
 	OpenIncident(agentID, policy string) (Incident, error)
 	// UpdateIncident reads, changes and writes one incident atomically,
 	// keeping the open-incident index right when the state becomes terminal.
+	// fn's error aborts the update and is returned as is. fn may not change
+	// ID, AgentID or Policy; a terminal incident never becomes non-terminal
+	// again (ErrTerminal, wrapped; nothing written).
 	UpdateIncident(id string, fn func(*Incident) error) error
 	// ListIncidents returns matching incidents, newest first (by OpenedAt).
 	ListIncidents(f IncidentFilter) ([]Incident, error)
@@ -292,12 +302,21 @@ type RemediationStore interface {
 	// increasing per agent, never reused, persisted), calls seal (which signs
 	// it and sets Envelope) and stores it, all in one transaction; if seal
 	// fails nothing is stored and the sequence number is not consumed.
+	// seal runs inside the store's write transaction: it must not call the
+	// store. The incident must exist (ErrNotFound), belong to the task's
+	// agent and not be terminal (ErrTerminal); a used task id is ErrExists.
+	// It returns the task as stored (Seq and Envelope set).
 	CreateTask(t Task, seal func(*Task) error) (Task, error)
+	// GetTask returns ErrNotFound (wrapped) for an unknown id.
 	GetTask(id string) (Task, error)
-	// UpdateTask reads, changes and writes one task atomically.
+	// UpdateTask reads, changes and writes one task atomically. fn's error
+	// aborts the update and is returned as is. fn may not change ID,
+	// AgentID, IncidentID or Seq; a terminal task never becomes
+	// non-terminal again (ErrTerminal, wrapped; nothing written).
 	UpdateTask(id string, fn func(*Task) error) error
 	// ListTasks returns matching tasks, newest first (by CreatedAt).
 	ListTasks(f TaskFilter) ([]Task, error)
-	// TaskSeq returns the agent's last assigned task sequence number.
+	// TaskSeq returns the agent's last assigned task sequence number (0 if
+	// it never had a task).
 	TaskSeq(agentID string) (uint64, error)
 }

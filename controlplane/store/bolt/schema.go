@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"time"
 
 	"go.etcd.io/bbolt"
 
@@ -53,12 +55,51 @@ var (
 	bucketHistory = bucket{[]byte("history")}
 	// agent_counters: agent id → counterRecord (16 bytes).
 	bucketAgentCounters = bucket{[]byte("agent_counters")}
+
+	// Incidents and tasks. The index buckets hold nothing that is not
+	// derived from the records by incidentIndex and taskIndex (except
+	// task_seq), so Verify can rebuild and compare them.
+
+	// incidents: incident id → JSON store.Incident.
+	bucketIncidents = bucket{[]byte("incidents")}
+	// open_incidents: agentID 0x00 policy → id of the one non-terminal
+	// incident of that (agent, policy).
+	bucketOpenIncidents = bucket{[]byte("open_incidents")}
+	// incidents_by_time: timeKey(openedAt) id → agentID 0x00 policy.
+	bucketIncidentsByTime = bucket{[]byte("incidents_by_time")}
+	// incidents_by_agent: agentID 0x00 timeKey(openedAt) id → policy.
+	bucketIncidentsByAgent = bucket{[]byte("incidents_by_agent")}
+	// tasks: task id → JSON store.Task.
+	bucketTasks = bucket{[]byte("tasks")}
+	// task_seq: agent id → 8-byte big-endian last task seq given to the
+	// agent. Never goes down and never deleted, so a seq is never reused.
+	bucketTaskSeq = bucket{[]byte("task_seq")}
+	// tasks_by_time: timeKey(createdAt) id → agent id.
+	bucketTasksByTime = bucket{[]byte("tasks_by_time")}
+	// tasks_by_agent: agentID 0x00 seq(8, big-endian) → task id.
+	bucketTasksByAgent = bucket{[]byte("tasks_by_agent")}
+	// tasks_by_incident: incidentID 0x00 seq(8, big-endian) → task id (all
+	// tasks of an incident are for its agent, so seq orders them).
+	bucketTasksByIncident = bucket{[]byte("tasks_by_incident")}
+	// active_tasks: timeKey(createdAt) id → agent id, for tasks not in a
+	// terminal state (what a restart resends or expires).
+	bucketActiveTasks = bucket{[]byte("active_tasks")}
 )
 
 var allBuckets = []bucket{
 	bucketMeta, bucketAgents, bucketAgentNames, bucketTokens, bucketPolicies,
 	bucketPolicyVersions, bucketCheckState, bucketHistory, bucketAgentCounters,
+	bucketIncidents, bucketOpenIncidents, bucketIncidentsByTime, bucketIncidentsByAgent,
+	bucketTasks, bucketTaskSeq, bucketTasksByTime, bucketTasksByAgent,
+	bucketTasksByIncident, bucketActiveTasks,
 }
+
+// incidentIndexBuckets and taskIndexBuckets are every bucket incidentIndex
+// and taskIndex write to.
+var (
+	incidentIndexBuckets = []bucket{bucketOpenIncidents, bucketIncidentsByTime, bucketIncidentsByAgent}
+	taskIndexBuckets     = []bucket{bucketTasksByTime, bucketTasksByAgent, bucketTasksByIncident, bucketActiveTasks}
+)
 
 var keySchemaVersion = []byte("schema_version")
 
@@ -72,8 +113,15 @@ type upgradeStep struct {
 	apply func(tx *bbolt.Tx) error
 }
 
-// upgrades is empty: version 1 is the first layout. When the layout changes,
-// bump SchemaVersion and append {from: 1, ...}.
+// upgrades is empty: version 1 is the first layout. When the layout of
+// existing data changes, bump SchemaVersion and append {from: 1, ...}.
+//
+// A new, empty bucket is not a layout change: migrate creates missing
+// buckets on every open, and a binary ignores buckets it does not know. That
+// is how incidents and tasks joined version 1 (a file written before them
+// gets their empty buckets when a newer binary opens it; an older binary
+// opening a newer file leaves them alone). A bucket that must be filled from
+// existing data (an index over old records) needs a step.
 var upgrades = []upgradeStep{}
 
 // migrate initialises an empty database at version target, or upgrades an
@@ -434,4 +482,207 @@ func (t txn) historyLen(prefix []byte) uint64 {
 		n++
 	}
 	return n
+}
+
+// Incidents and tasks.
+
+// timeKey is t as 8 bytes that sort like t: Unix nanoseconds, big-endian,
+// with the sign bit flipped so that times before 1970 sort first.
+func timeKey(t time.Time) []byte {
+	return u64(uint64(t.UnixNano()) ^ 1<<63)
+}
+
+// joinKey is a 0x00 b.
+func joinKey(a, b string) []byte {
+	k := make([]byte, 0, len(a)+1+len(b))
+	k = append(k, a...)
+	k = append(k, sep)
+	return append(k, b...)
+}
+
+// seqKey is prefix 0x00 seq(8, big-endian).
+func seqKey(prefix string, seq uint64) []byte {
+	return historyKey(append([]byte(prefix), sep), seq)
+}
+
+// timeIDKey is timeKey(t) id.
+func timeIDKey(t time.Time, id string) []byte {
+	return append(timeKey(t), id...)
+}
+
+// indexEntry is one key of an index bucket.
+type indexEntry struct {
+	b          bucket
+	key, value []byte
+}
+
+func (e indexEntry) sameKey(o indexEntry) bool {
+	return bytes.Equal(e.b.name, o.b.name) && bytes.Equal(e.key, o.key)
+}
+
+// incidentIndex is every index entry of an incident.
+func incidentIndex(inc store.Incident) []indexEntry {
+	es := []indexEntry{
+		{bucketIncidentsByTime, timeIDKey(inc.OpenedAt, inc.ID), joinKey(inc.AgentID, inc.Policy)},
+		{bucketIncidentsByAgent, append(agentPrefix(inc.AgentID), timeIDKey(inc.OpenedAt, inc.ID)...), []byte(inc.Policy)},
+	}
+	if !store.IncidentTerminal(inc.State) {
+		es = append(es, indexEntry{bucketOpenIncidents, joinKey(inc.AgentID, inc.Policy), []byte(inc.ID)})
+	}
+	return es
+}
+
+// taskIndex is every index entry of a task.
+func taskIndex(tk store.Task) []indexEntry {
+	es := []indexEntry{
+		{bucketTasksByTime, timeIDKey(tk.CreatedAt, tk.ID), []byte(tk.AgentID)},
+		{bucketTasksByAgent, seqKey(tk.AgentID, tk.Seq), []byte(tk.ID)},
+		{bucketTasksByIncident, seqKey(tk.IncidentID, tk.Seq), []byte(tk.ID)},
+	}
+	if !store.TaskTerminal(tk.State) {
+		es = append(es, indexEntry{bucketActiveTasks, timeIDKey(tk.CreatedAt, tk.ID), []byte(tk.AgentID)})
+	}
+	return es
+}
+
+// reindex replaces the index entries old of a record by nu, writing only
+// what changed.
+func (t txn) reindex(old, nu []indexEntry) error {
+	for _, o := range old {
+		if !slices.ContainsFunc(nu, o.sameKey) {
+			if err := t.bucket(o.b).Delete(o.key); err != nil {
+				return err
+			}
+		}
+	}
+	for _, n := range nu {
+		if slices.ContainsFunc(old, func(o indexEntry) bool { return o.sameKey(n) && bytes.Equal(o.value, n.value) }) {
+			continue
+		}
+		if err := t.bucket(n.b).Put(n.key, n.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scan calls fn for every key of b with prefix (all keys for an empty
+// prefix), in key order or, if reverse, in reverse key order; fn returns
+// false to stop. k and v are only valid during the call.
+func (t txn) scan(b bucket, prefix []byte, reverse bool, fn func(k, v []byte) (bool, error)) error {
+	c := t.bucket(b).Cursor()
+	var k, v []byte
+	switch {
+	case !reverse && len(prefix) == 0:
+		k, v = c.First()
+	case !reverse:
+		k, v = c.Seek(prefix)
+	case len(prefix) == 0:
+		k, v = c.Last()
+	default:
+		// The last key with prefix is just before the first key past it.
+		if end := prefixEnd(prefix); end == nil {
+			k, v = c.Last()
+		} else if k, _ = c.Seek(end); k == nil {
+			k, v = c.Last()
+		} else {
+			k, v = c.Prev()
+		}
+	}
+	for k != nil && bytes.HasPrefix(k, prefix) {
+		more, err := fn(k, v)
+		if err != nil || !more {
+			return err
+		}
+		if reverse {
+			k, v = c.Prev()
+		} else {
+			k, v = c.Next()
+		}
+	}
+	return nil
+}
+
+func (t txn) incident(id string) (store.Incident, bool, error) {
+	return getJSON[store.Incident](t.bucket(bucketIncidents), id)
+}
+
+func (t txn) incidentExists(id string) bool {
+	return t.bucket(bucketIncidents).Get([]byte(id)) != nil
+}
+
+// putIncident writes inc, whose stored version (if any) is old, and moves
+// its index entries. The caller has checked that the open index entry it
+// takes is free.
+func (t txn) putIncident(old *store.Incident, inc store.Incident) error {
+	var was []indexEntry
+	if old != nil {
+		was = incidentIndex(*old)
+	}
+	if err := t.reindex(was, incidentIndex(inc)); err != nil {
+		return err
+	}
+	return putJSON(t.bucket(bucketIncidents), inc.ID, inc)
+}
+
+// openIncidentID is the id of the open incident of (agent, policy), or "".
+func (t txn) openIncidentID(agentID, policy string) string {
+	return string(t.bucket(bucketOpenIncidents).Get(joinKey(agentID, policy)))
+}
+
+func (t txn) forEachIncident(fn func(k []byte, inc store.Incident) error) error {
+	return t.bucket(bucketIncidents).ForEach(func(k, v []byte) error {
+		var inc store.Incident
+		if err := json.Unmarshal(v, &inc); err != nil {
+			return fmt.Errorf("decode incident %q: %w", k, err)
+		}
+		return fn(k, inc)
+	})
+}
+
+func (t txn) task(id string) (store.Task, bool, error) {
+	return getJSON[store.Task](t.bucket(bucketTasks), id)
+}
+
+func (t txn) taskExists(id string) bool {
+	return t.bucket(bucketTasks).Get([]byte(id)) != nil
+}
+
+// putTask writes tk, whose stored version (if any) is old, and moves its
+// index entries.
+func (t txn) putTask(old *store.Task, tk store.Task) error {
+	var was []indexEntry
+	if old != nil {
+		was = taskIndex(*old)
+	}
+	if err := t.reindex(was, taskIndex(tk)); err != nil {
+		return err
+	}
+	return putJSON(t.bucket(bucketTasks), tk.ID, tk)
+}
+
+func (t txn) forEachTask(fn func(k []byte, tk store.Task) error) error {
+	return t.bucket(bucketTasks).ForEach(func(k, v []byte) error {
+		var tk store.Task
+		if err := json.Unmarshal(v, &tk); err != nil {
+			return fmt.Errorf("decode task %q: %w", k, err)
+		}
+		return fn(k, tk)
+	})
+}
+
+// taskSeq is the last task seq given to the agent (0 if none).
+func (t txn) taskSeq(agentID string) (uint64, error) {
+	raw := t.bucket(bucketTaskSeq).Get([]byte(agentID))
+	if raw == nil {
+		return 0, nil
+	}
+	if len(raw) != 8 {
+		return 0, fmt.Errorf("corrupt task seq of agent %q: %d bytes, want 8", agentID, len(raw))
+	}
+	return binary.BigEndian.Uint64(raw), nil
+}
+
+func (t txn) putTaskSeq(agentID string, seq uint64) error {
+	return t.bucket(bucketTaskSeq).Put([]byte(agentID), u64(seq))
 }

@@ -1303,6 +1303,669 @@ func (x *CreateTokenResponse) GetCaPin() string {
 	return ""
 }
 
+// Event is one entry of an incident's timeline.
+type Event struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	At    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// detected, decided, suppressed, signed, sent, started, finished,
+	// verified, retry, escalated, flapping, resolved, rejected, expired
+	Kind    string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The rule that stopped automation, for suppressed events.
+	Rule          string `protobuf:"bytes,4,opt,name=rule,proto3" json:"rule,omitempty"`
+	TaskId        string `protobuf:"bytes,5,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Event) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Event) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *Event) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+type Incident struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Agent name (id in agent_id).
+	Agent         string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	AgentId       string `protobuf:"bytes,3,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Policy        string `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
+	PolicyVersion uint64 `protobuf:"varint,5,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	// open, remediating, verifying, resolved, escalated, suppressed, flapping
+	State         string                 `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	OpenedAt      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
+	ResolvedAt    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=resolved_at,json=resolvedAt,proto3" json:"resolved_at,omitempty"`
+	Attempts      uint32                 `protobuf:"varint,9,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Reason        string                 `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	Timeline      []*Event               `protobuf:"bytes,11,rep,name=timeline,proto3" json:"timeline,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Incident) Reset() {
+	*x = Incident{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Incident) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Incident) ProtoMessage() {}
+
+func (x *Incident) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Incident.ProtoReflect.Descriptor instead.
+func (*Incident) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *Incident) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Incident) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *Incident) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *Incident) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *Incident) GetPolicyVersion() uint64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *Incident) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Incident) GetOpenedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OpenedAt
+	}
+	return nil
+}
+
+func (x *Incident) GetResolvedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResolvedAt
+	}
+	return nil
+}
+
+func (x *Incident) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Incident) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Incident) GetTimeline() []*Event {
+	if x != nil {
+		return x.Timeline
+	}
+	return nil
+}
+
+type Task struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Incident string                 `protobuf:"bytes,2,opt,name=incident,proto3" json:"incident,omitempty"`
+	// Agent name (id in agent_id).
+	Agent   string `protobuf:"bytes,3,opt,name=agent,proto3" json:"agent,omitempty"`
+	AgentId string `protobuf:"bytes,4,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Action  string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	// Parameters as JSON.
+	ParamsJson []byte `protobuf:"bytes,6,opt,name=params_json,json=paramsJson,proto3" json:"params_json,omitempty"`
+	// pending, sent, running, succeeded, failed, expired, rejected
+	State         string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	Seq           uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	Output        string                 `protobuf:"bytes,11,opt,name=output,proto3" json:"output,omitempty"`
+	Reason        string                 `protobuf:"bytes,12,opt,name=reason,proto3" json:"reason,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,13,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Policy        string                 `protobuf:"bytes,15,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Task) Reset() {
+	*x = Task{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Task) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Task) ProtoMessage() {}
+
+func (x *Task) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Task.ProtoReflect.Descriptor instead.
+func (*Task) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Task) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Task) GetIncident() string {
+	if x != nil {
+		return x.Incident
+	}
+	return ""
+}
+
+func (x *Task) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *Task) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *Task) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *Task) GetParamsJson() []byte {
+	if x != nil {
+		return x.ParamsJson
+	}
+	return nil
+}
+
+func (x *Task) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Task) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Task) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Task) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *Task) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *Task) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Task) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Task) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Task) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+type ListIncidentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only incidents that are not resolved or escalated.
+	OpenOnly bool `protobuf:"varint,1,opt,name=open_only,json=openOnly,proto3" json:"open_only,omitempty"`
+	// Optional filters: agent name or id, policy name.
+	Agent         string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	Policy        string `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIncidentsRequest) Reset() {
+	*x = ListIncidentsRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIncidentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIncidentsRequest) ProtoMessage() {}
+
+func (x *ListIncidentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIncidentsRequest.ProtoReflect.Descriptor instead.
+func (*ListIncidentsRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListIncidentsRequest) GetOpenOnly() bool {
+	if x != nil {
+		return x.OpenOnly
+	}
+	return false
+}
+
+func (x *ListIncidentsRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *ListIncidentsRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+type ListIncidentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Incidents     []*Incident            `protobuf:"bytes,1,rep,name=incidents,proto3" json:"incidents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIncidentsResponse) Reset() {
+	*x = ListIncidentsResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIncidentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIncidentsResponse) ProtoMessage() {}
+
+func (x *ListIncidentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIncidentsResponse.ProtoReflect.Descriptor instead.
+func (*ListIncidentsResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListIncidentsResponse) GetIncidents() []*Incident {
+	if x != nil {
+		return x.Incidents
+	}
+	return nil
+}
+
+type GetIncidentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetIncidentRequest) Reset() {
+	*x = GetIncidentRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetIncidentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetIncidentRequest) ProtoMessage() {}
+
+func (x *GetIncidentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetIncidentRequest.ProtoReflect.Descriptor instead.
+func (*GetIncidentRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetIncidentRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type GetIncidentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Incident      *Incident              `protobuf:"bytes,1,opt,name=incident,proto3" json:"incident,omitempty"`
+	Tasks         []*Task                `protobuf:"bytes,2,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetIncidentResponse) Reset() {
+	*x = GetIncidentResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetIncidentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetIncidentResponse) ProtoMessage() {}
+
+func (x *GetIncidentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetIncidentResponse.ProtoReflect.Descriptor instead.
+func (*GetIncidentResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GetIncidentResponse) GetIncident() *Incident {
+	if x != nil {
+		return x.Incident
+	}
+	return nil
+}
+
+func (x *GetIncidentResponse) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+type ListTasksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         string                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Incident      string                 `protobuf:"bytes,2,opt,name=incident,proto3" json:"incident,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksRequest) Reset() {
+	*x = ListTasksRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksRequest) ProtoMessage() {}
+
+func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
+func (*ListTasksRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListTasksRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetIncident() string {
+	if x != nil {
+		return x.Incident
+	}
+	return ""
+}
+
+type ListTasksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tasks         []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksResponse) Reset() {
+	*x = ListTasksResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksResponse) ProtoMessage() {}
+
+func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
+func (*ListTasksResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListTasksResponse) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
 var File_tend_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tend_admin_v1_admin_proto_rawDesc = "" +
@@ -1395,12 +2058,69 @@ const file_tend_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n" +
 	"\x04uses\x18\x04 \x01(\rR\x04uses\x12\x15\n" +
-	"\x06ca_pin\x18\x05 \x01(\tR\x05caPin*}\n" +
+	"\x06ca_pin\x18\x05 \x01(\tR\x05caPin\"\x8e\x01\n" +
+	"\x05Event\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x12\n" +
+	"\x04rule\x18\x04 \x01(\tR\x04rule\x12\x17\n" +
+	"\atask_id\x18\x05 \x01(\tR\x06taskId\"\xfc\x02\n" +
+	"\bIncident\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x19\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId\x12\x16\n" +
+	"\x06policy\x18\x04 \x01(\tR\x06policy\x12%\n" +
+	"\x0epolicy_version\x18\x05 \x01(\x04R\rpolicyVersion\x12\x14\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x127\n" +
+	"\topened_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x12;\n" +
+	"\vresolved_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"resolvedAt\x12\x1a\n" +
+	"\battempts\x18\t \x01(\rR\battempts\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reason\x120\n" +
+	"\btimeline\x18\v \x03(\v2\x14.tend.admin.v1.EventR\btimeline\"\xd9\x03\n" +
+	"\x04Task\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\bincident\x18\x02 \x01(\tR\bincident\x12\x14\n" +
+	"\x05agent\x18\x03 \x01(\tR\x05agent\x12\x19\n" +
+	"\bagent_id\x18\x04 \x01(\tR\aagentId\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x1f\n" +
+	"\vparams_json\x18\x06 \x01(\fR\n" +
+	"paramsJson\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x12\x10\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\x129\n" +
+	"\n" +
+	"created_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12;\n" +
+	"\vfinished_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12\x16\n" +
+	"\x06output\x18\v \x01(\tR\x06output\x12\x16\n" +
+	"\x06reason\x18\f \x01(\tR\x06reason\x12\x18\n" +
+	"\aattempt\x18\r \x01(\rR\aattempt\x129\n" +
+	"\n" +
+	"expires_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x16\n" +
+	"\x06policy\x18\x0f \x01(\tR\x06policy\"a\n" +
+	"\x14ListIncidentsRequest\x12\x1b\n" +
+	"\topen_only\x18\x01 \x01(\bR\bopenOnly\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x16\n" +
+	"\x06policy\x18\x03 \x01(\tR\x06policy\"N\n" +
+	"\x15ListIncidentsResponse\x125\n" +
+	"\tincidents\x18\x01 \x03(\v2\x17.tend.admin.v1.IncidentR\tincidents\"$\n" +
+	"\x12GetIncidentRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"u\n" +
+	"\x13GetIncidentResponse\x123\n" +
+	"\bincident\x18\x01 \x01(\v2\x17.tend.admin.v1.IncidentR\bincident\x12)\n" +
+	"\x05tasks\x18\x02 \x03(\v2\x13.tend.admin.v1.TaskR\x05tasks\"D\n" +
+	"\x10ListTasksRequest\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x1a\n" +
+	"\bincident\x18\x02 \x01(\tR\bincident\">\n" +
+	"\x11ListTasksResponse\x12)\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x13.tend.admin.v1.TaskR\x05tasks*}\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16AGENT_STATUS_CONNECTED\x10\x01\x12\x1d\n" +
 	"\x19AGENT_STATUS_DISCONNECTED\x10\x02\x12\x15\n" +
-	"\x11AGENT_STATUS_DOWN\x10\x032\x94\x06\n" +
+	"\x11AGENT_STATUS_DOWN\x10\x032\x96\b\n" +
 	"\fAdminService\x12Q\n" +
 	"\n" +
 	"ListAgents\x12 .tend.admin.v1.ListAgentsRequest\x1a!.tend.admin.v1.ListAgentsResponse\x12T\n" +
@@ -1412,7 +2132,10 @@ const file_tend_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"ListChecks\x12 .tend.admin.v1.ListChecksRequest\x1a!.tend.admin.v1.ListChecksResponse\x12T\n" +
 	"\vListResults\x12!.tend.admin.v1.ListResultsRequest\x1a\".tend.admin.v1.ListResultsResponse\x12T\n" +
-	"\vCreateToken\x12!.tend.admin.v1.CreateTokenRequest\x1a\".tend.admin.v1.CreateTokenResponseB+Z)tend.dev/tend/proto/tend/admin/v1;adminv1b\x06proto3"
+	"\vCreateToken\x12!.tend.admin.v1.CreateTokenRequest\x1a\".tend.admin.v1.CreateTokenResponse\x12Z\n" +
+	"\rListIncidents\x12#.tend.admin.v1.ListIncidentsRequest\x1a$.tend.admin.v1.ListIncidentsResponse\x12T\n" +
+	"\vGetIncident\x12!.tend.admin.v1.GetIncidentRequest\x1a\".tend.admin.v1.GetIncidentResponse\x12N\n" +
+	"\tListTasks\x12\x1f.tend.admin.v1.ListTasksRequest\x1a .tend.admin.v1.ListTasksResponseB+Z)tend.dev/tend/proto/tend/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_tend_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1427,7 +2150,7 @@ func file_tend_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tend_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tend_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_tend_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_tend_admin_v1_admin_proto_goTypes = []any{
 	(AgentStatus)(0),              // 0: tend.admin.v1.AgentStatus
 	(*Agent)(nil),                 // 1: tend.admin.v1.Agent
@@ -1452,53 +2175,79 @@ var file_tend_admin_v1_admin_proto_goTypes = []any{
 	(*ListResultsResponse)(nil),   // 20: tend.admin.v1.ListResultsResponse
 	(*CreateTokenRequest)(nil),    // 21: tend.admin.v1.CreateTokenRequest
 	(*CreateTokenResponse)(nil),   // 22: tend.admin.v1.CreateTokenResponse
-	nil,                           // 23: tend.admin.v1.Agent.LabelsEntry
-	nil,                           // 24: tend.admin.v1.Agent.FactsEntry
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*v1.CheckResult)(nil),        // 26: tend.agent.v1.CheckResult
-	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
+	(*Event)(nil),                 // 23: tend.admin.v1.Event
+	(*Incident)(nil),              // 24: tend.admin.v1.Incident
+	(*Task)(nil),                  // 25: tend.admin.v1.Task
+	(*ListIncidentsRequest)(nil),  // 26: tend.admin.v1.ListIncidentsRequest
+	(*ListIncidentsResponse)(nil), // 27: tend.admin.v1.ListIncidentsResponse
+	(*GetIncidentRequest)(nil),    // 28: tend.admin.v1.GetIncidentRequest
+	(*GetIncidentResponse)(nil),   // 29: tend.admin.v1.GetIncidentResponse
+	(*ListTasksRequest)(nil),      // 30: tend.admin.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 31: tend.admin.v1.ListTasksResponse
+	nil,                           // 32: tend.admin.v1.Agent.LabelsEntry
+	nil,                           // 33: tend.admin.v1.Agent.FactsEntry
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
+	(*v1.CheckResult)(nil),        // 35: tend.agent.v1.CheckResult
+	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
 }
 var file_tend_admin_v1_admin_proto_depIdxs = []int32{
-	23, // 0: tend.admin.v1.Agent.labels:type_name -> tend.admin.v1.Agent.LabelsEntry
+	32, // 0: tend.admin.v1.Agent.labels:type_name -> tend.admin.v1.Agent.LabelsEntry
 	0,  // 1: tend.admin.v1.Agent.status:type_name -> tend.admin.v1.AgentStatus
-	25, // 2: tend.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	24, // 3: tend.admin.v1.Agent.facts:type_name -> tend.admin.v1.Agent.FactsEntry
-	25, // 4: tend.admin.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
+	34, // 2: tend.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	33, // 3: tend.admin.v1.Agent.facts:type_name -> tend.admin.v1.Agent.FactsEntry
+	34, // 4: tend.admin.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
 	1,  // 5: tend.admin.v1.ListAgentsResponse.agents:type_name -> tend.admin.v1.Agent
 	1,  // 6: tend.admin.v1.DeleteAgentResponse.agent:type_name -> tend.admin.v1.Agent
-	25, // 7: tend.admin.v1.Policy.updated_at:type_name -> google.protobuf.Timestamp
+	34, // 7: tend.admin.v1.Policy.updated_at:type_name -> google.protobuf.Timestamp
 	9,  // 8: tend.admin.v1.ApplyPoliciesResponse.changes:type_name -> tend.admin.v1.PolicyChange
 	6,  // 9: tend.admin.v1.ListPoliciesResponse.policies:type_name -> tend.admin.v1.Policy
 	6,  // 10: tend.admin.v1.GetPolicyResponse.policy:type_name -> tend.admin.v1.Policy
-	26, // 11: tend.admin.v1.CheckState.last:type_name -> tend.agent.v1.CheckResult
-	25, // 12: tend.admin.v1.CheckState.since:type_name -> google.protobuf.Timestamp
+	35, // 11: tend.admin.v1.CheckState.last:type_name -> tend.agent.v1.CheckResult
+	34, // 12: tend.admin.v1.CheckState.since:type_name -> google.protobuf.Timestamp
 	16, // 13: tend.admin.v1.ListChecksResponse.checks:type_name -> tend.admin.v1.CheckState
-	26, // 14: tend.admin.v1.ListResultsResponse.results:type_name -> tend.agent.v1.CheckResult
-	27, // 15: tend.admin.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	25, // 16: tend.admin.v1.CreateTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 17: tend.admin.v1.AdminService.ListAgents:input_type -> tend.admin.v1.ListAgentsRequest
-	4,  // 18: tend.admin.v1.AdminService.DeleteAgent:input_type -> tend.admin.v1.DeleteAgentRequest
-	7,  // 19: tend.admin.v1.AdminService.ApplyPolicies:input_type -> tend.admin.v1.ApplyPoliciesRequest
-	10, // 20: tend.admin.v1.AdminService.ListPolicies:input_type -> tend.admin.v1.ListPoliciesRequest
-	12, // 21: tend.admin.v1.AdminService.GetPolicy:input_type -> tend.admin.v1.GetPolicyRequest
-	14, // 22: tend.admin.v1.AdminService.DeletePolicy:input_type -> tend.admin.v1.DeletePolicyRequest
-	17, // 23: tend.admin.v1.AdminService.ListChecks:input_type -> tend.admin.v1.ListChecksRequest
-	19, // 24: tend.admin.v1.AdminService.ListResults:input_type -> tend.admin.v1.ListResultsRequest
-	21, // 25: tend.admin.v1.AdminService.CreateToken:input_type -> tend.admin.v1.CreateTokenRequest
-	3,  // 26: tend.admin.v1.AdminService.ListAgents:output_type -> tend.admin.v1.ListAgentsResponse
-	5,  // 27: tend.admin.v1.AdminService.DeleteAgent:output_type -> tend.admin.v1.DeleteAgentResponse
-	8,  // 28: tend.admin.v1.AdminService.ApplyPolicies:output_type -> tend.admin.v1.ApplyPoliciesResponse
-	11, // 29: tend.admin.v1.AdminService.ListPolicies:output_type -> tend.admin.v1.ListPoliciesResponse
-	13, // 30: tend.admin.v1.AdminService.GetPolicy:output_type -> tend.admin.v1.GetPolicyResponse
-	15, // 31: tend.admin.v1.AdminService.DeletePolicy:output_type -> tend.admin.v1.DeletePolicyResponse
-	18, // 32: tend.admin.v1.AdminService.ListChecks:output_type -> tend.admin.v1.ListChecksResponse
-	20, // 33: tend.admin.v1.AdminService.ListResults:output_type -> tend.admin.v1.ListResultsResponse
-	22, // 34: tend.admin.v1.AdminService.CreateToken:output_type -> tend.admin.v1.CreateTokenResponse
-	26, // [26:35] is the sub-list for method output_type
-	17, // [17:26] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	35, // 14: tend.admin.v1.ListResultsResponse.results:type_name -> tend.agent.v1.CheckResult
+	36, // 15: tend.admin.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	34, // 16: tend.admin.v1.CreateTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	34, // 17: tend.admin.v1.Event.at:type_name -> google.protobuf.Timestamp
+	34, // 18: tend.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	34, // 19: tend.admin.v1.Incident.resolved_at:type_name -> google.protobuf.Timestamp
+	23, // 20: tend.admin.v1.Incident.timeline:type_name -> tend.admin.v1.Event
+	34, // 21: tend.admin.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	34, // 22: tend.admin.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 23: tend.admin.v1.Task.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 24: tend.admin.v1.ListIncidentsResponse.incidents:type_name -> tend.admin.v1.Incident
+	24, // 25: tend.admin.v1.GetIncidentResponse.incident:type_name -> tend.admin.v1.Incident
+	25, // 26: tend.admin.v1.GetIncidentResponse.tasks:type_name -> tend.admin.v1.Task
+	25, // 27: tend.admin.v1.ListTasksResponse.tasks:type_name -> tend.admin.v1.Task
+	2,  // 28: tend.admin.v1.AdminService.ListAgents:input_type -> tend.admin.v1.ListAgentsRequest
+	4,  // 29: tend.admin.v1.AdminService.DeleteAgent:input_type -> tend.admin.v1.DeleteAgentRequest
+	7,  // 30: tend.admin.v1.AdminService.ApplyPolicies:input_type -> tend.admin.v1.ApplyPoliciesRequest
+	10, // 31: tend.admin.v1.AdminService.ListPolicies:input_type -> tend.admin.v1.ListPoliciesRequest
+	12, // 32: tend.admin.v1.AdminService.GetPolicy:input_type -> tend.admin.v1.GetPolicyRequest
+	14, // 33: tend.admin.v1.AdminService.DeletePolicy:input_type -> tend.admin.v1.DeletePolicyRequest
+	17, // 34: tend.admin.v1.AdminService.ListChecks:input_type -> tend.admin.v1.ListChecksRequest
+	19, // 35: tend.admin.v1.AdminService.ListResults:input_type -> tend.admin.v1.ListResultsRequest
+	21, // 36: tend.admin.v1.AdminService.CreateToken:input_type -> tend.admin.v1.CreateTokenRequest
+	26, // 37: tend.admin.v1.AdminService.ListIncidents:input_type -> tend.admin.v1.ListIncidentsRequest
+	28, // 38: tend.admin.v1.AdminService.GetIncident:input_type -> tend.admin.v1.GetIncidentRequest
+	30, // 39: tend.admin.v1.AdminService.ListTasks:input_type -> tend.admin.v1.ListTasksRequest
+	3,  // 40: tend.admin.v1.AdminService.ListAgents:output_type -> tend.admin.v1.ListAgentsResponse
+	5,  // 41: tend.admin.v1.AdminService.DeleteAgent:output_type -> tend.admin.v1.DeleteAgentResponse
+	8,  // 42: tend.admin.v1.AdminService.ApplyPolicies:output_type -> tend.admin.v1.ApplyPoliciesResponse
+	11, // 43: tend.admin.v1.AdminService.ListPolicies:output_type -> tend.admin.v1.ListPoliciesResponse
+	13, // 44: tend.admin.v1.AdminService.GetPolicy:output_type -> tend.admin.v1.GetPolicyResponse
+	15, // 45: tend.admin.v1.AdminService.DeletePolicy:output_type -> tend.admin.v1.DeletePolicyResponse
+	18, // 46: tend.admin.v1.AdminService.ListChecks:output_type -> tend.admin.v1.ListChecksResponse
+	20, // 47: tend.admin.v1.AdminService.ListResults:output_type -> tend.admin.v1.ListResultsResponse
+	22, // 48: tend.admin.v1.AdminService.CreateToken:output_type -> tend.admin.v1.CreateTokenResponse
+	27, // 49: tend.admin.v1.AdminService.ListIncidents:output_type -> tend.admin.v1.ListIncidentsResponse
+	29, // 50: tend.admin.v1.AdminService.GetIncident:output_type -> tend.admin.v1.GetIncidentResponse
+	31, // 51: tend.admin.v1.AdminService.ListTasks:output_type -> tend.admin.v1.ListTasksResponse
+	40, // [40:52] is the sub-list for method output_type
+	28, // [28:40] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_tend_admin_v1_admin_proto_init() }
@@ -1512,7 +2261,7 @@ func file_tend_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tend_admin_v1_admin_proto_rawDesc), len(file_tend_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,164 @@
+package remediation
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"tend.dev/tend/controlplane/dispatch"
+	"tend.dev/tend/controlplane/store"
+)
+
+// Escalation is the JSON body posted to a policy's escalate.webhook: the
+// whole story of the incident.
+type Escalation struct {
+	Kind     string         `json:"kind"` // "tend.escalation"
+	Reason   string         `json:"reason"`
+	Incident store.Incident `json:"incident"`
+	Agent    struct {
+		ID     string            `json:"id"`
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels,omitempty"`
+	} `json:"agent"`
+	Tasks []escalationTask `json:"tasks"`
+}
+
+type escalationTask struct {
+	ID         string          `json:"id"`
+	Action     string          `json:"action"`
+	Params     json.RawMessage `json:"params,omitempty"`
+	State      string          `json:"state"`
+	Attempt    int             `json:"attempt"`
+	Seq        uint64          `json:"seq"`
+	CreatedAt  time.Time       `json:"createdAt"`
+	FinishedAt time.Time       `json:"finishedAt,omitzero"`
+	Output     string          `json:"output,omitempty"`
+	Reason     string          `json:"reason,omitempty"`
+}
+
+// escalate closes the incident as escalated and calls the webhook, if the
+// policy has one, without waiting for it.
+func (m *Manager) escalate(tr *track, why string) {
+	if tr.inc == nil {
+		return
+	}
+	m.cancelTimer(tr)
+	if tr.task != nil {
+		// A task still in flight keeps counting until the agent reports.
+		tr.task = nil
+	}
+	m.event(tr, store.Event{Kind: "escalated", Message: why}, store.IncidentEscalated)
+	inc := *tr.inc
+	m.log.Warn("incident escalated", "incident", inc.ID, "agent_id", inc.AgentID, "policy", inc.Policy, "why", why)
+	tr.inc = nil
+	tr.passes = 0
+	tr.state.ResetAfterVerifiedRecovery()
+
+	p, _, ok := m.cfg.Policies.Lookup(inc.Policy)
+	if !ok || p.Spec.Escalate == nil || p.Spec.Escalate.Webhook == "" || m.cfg.Webhook == nil {
+		return
+	}
+	body := Escalation{Kind: "tend.escalation", Reason: why, Incident: inc}
+	if a, ok := m.cfg.Fleet.Get(inc.AgentID); ok {
+		body.Agent.ID, body.Agent.Name, body.Agent.Labels = a.ID, a.Name, a.Labels
+	}
+	if tasks, err := m.cfg.Store.ListTasks(store.TaskFilter{IncidentID: inc.ID}); err == nil {
+		for _, t := range tasks {
+			body.Tasks = append(body.Tasks, escalationTask{ID: t.ID, Action: t.Action, Params: t.Params, State: t.State,
+				Attempt: t.Attempt, Seq: t.Seq, CreatedAt: t.CreatedAt, FinishedAt: t.FinishedAt, Output: t.Output, Reason: t.Reason})
+		}
+	}
+	payload, err := json.Marshal(body)
+	if err != nil {
+		m.log.Error("encode escalation", "err", err)
+		return
+	}
+	url := p.Spec.Escalate.Webhook
+	incID := inc.ID
+	m.cfg.Webhook.Send(dispatch.WebhookJob{URL: url, Payload: payload, Done: func(err error) {
+		msg := "escalation webhook delivered to " + url
+		if err != nil {
+			msg = fmt.Sprintf("escalation webhook to %s failed: %v", url, err)
+		}
+		m.enqueue(func() {
+			at := m.cfg.Now()
+			if uerr := m.cfg.Store.UpdateIncident(incID, func(i *store.Incident) error {
+				i.Timeline = append(i.Timeline, store.Event{At: at, Kind: "notified", Message: msg})
+				return nil
+			}); uerr != nil {
+				m.log.Error("record webhook outcome", "incident", incID, "err", uerr)
+			}
+		})
+	}})
+}
+
+// OnConnect is called when an agent's stream opens, with the highest task
+// seq the agent has accepted. Tasks the agent never accepted (seq above
+// its high-water mark) and that are still valid are sent again; tasks it
+// accepted will be reported by the agent from its own outbox.
+func (m *Manager) OnConnect(agentID string, taskHighWater uint64) {
+	m.enqueue(func() {
+		tasks, err := m.cfg.Store.ListTasks(store.TaskFilter{AgentID: agentID, States: []string{store.TaskPending, store.TaskSent}})
+		if err != nil {
+			m.log.Error("list tasks to resend", "agent_id", agentID, "err", err)
+			return
+		}
+		now := m.cfg.Now()
+		for i := len(tasks) - 1; i >= 0; i-- { // oldest first
+			t := tasks[i]
+			if t.Seq <= taskHighWater || !now.Before(t.ExpiresAt) {
+				continue
+			}
+			tr := m.track(agentID, t.Policy)
+			if tr.task == nil || tr.task.ID != t.ID {
+				continue
+			}
+			m.send(tr, t)
+		}
+	})
+}
+
+// recover rebuilds the loop's memory from the store after a restart: open
+// incidents, tasks in flight, and their timers.
+func (m *Manager) recover() error {
+	incs, err := m.cfg.Store.ListIncidents(store.IncidentFilter{OpenOnly: true})
+	if err != nil {
+		return fmt.Errorf("load open incidents: %w", err)
+	}
+	now := m.cfg.Now()
+	for i := range incs {
+		inc := incs[i]
+		tr := m.track(inc.AgentID, inc.Policy)
+		tr.inc = &inc
+		tasks, err := m.cfg.Store.ListTasks(store.TaskFilter{IncidentID: inc.ID})
+		if err != nil {
+			return fmt.Errorf("load tasks of %s: %w", inc.ID, err)
+		}
+		for j := range tasks {
+			if !store.TaskTerminal(tasks[j].State) {
+				t := tasks[j]
+				tr.task = &t
+				m.running[t.Policy]++
+				m.hourWindow(t.Policy).Add(t.CreatedAt)
+				break
+			}
+		}
+		switch {
+		case tr.task != nil:
+			id := tr.task.ID
+			m.after(tr, tr.task.ExpiresAt, func() { m.expire(tr, id) })
+		case inc.State == store.IncidentVerifying:
+			m.after(tr, now.Add(30*time.Second), func() {
+				if tr.inc != nil && tr.inc.State == store.IncidentVerifying {
+					m.retryOrEscalate(tr, "not verified after a control-plane restart")
+				}
+			})
+		case inc.State == store.IncidentOpen || inc.State == store.IncidentSuppressed:
+			m.after(tr, now, func() { m.attempt(tr) })
+		}
+	}
+	if len(incs) > 0 {
+		m.log.Info("remediation state recovered", "open_incidents", len(incs))
+	}
+	return nil
+}

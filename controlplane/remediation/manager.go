@@ -1,0 +1,485 @@
+// Package remediation drives the remediation loop on the control plane:
+// results in, through the trigger engine and the governor, to incidents,
+// signed tasks, verification, retries and escalation. Every input is
+// processed on one goroutine, in order, so the loop's state needs no locks;
+// the decisions themselves are made by the pure engine and governor
+// packages.
+package remediation
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"tend.dev/tend/controlplane/dispatch"
+	"tend.dev/tend/controlplane/engine"
+	"tend.dev/tend/controlplane/fleet"
+	"tend.dev/tend/controlplane/governor"
+	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/internal/pki"
+	"tend.dev/tend/internal/policy"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// Policies is what the manager needs to know about policies.
+type Policies interface {
+	// Lookup returns the current version of a policy.
+	Lookup(name string) (*policy.Policy, uint64, bool)
+	// MatchedCount is how many enrolled agents the policy's selector matches.
+	MatchedCount(name string, agents []store.Agent) int
+}
+
+// Config wires a Manager.
+type Config struct {
+	Store    store.Store
+	Fleet    *fleet.Registry
+	Policies Policies
+	Signer   *pki.SigningKey
+	Webhook  *dispatch.Webhook
+	Log      *slog.Logger
+	Now      func() time.Time
+	// TaskTTL is how long a signed task stays valid for the agent to start
+	// it (default 60s).
+	TaskTTL time.Duration
+	// ClockSkew backdates not-before (default 5s).
+	ClockSkew time.Duration
+	// Observe, if set, is told the latency from a result that completed a
+	// trigger (received) to the task being reported running by the agent.
+	Observe func(kind string, d time.Duration)
+}
+
+type key struct{ agent, policy string }
+
+// track is the loop's memory of one (agent, policy).
+type track struct {
+	key       key
+	state     engine.State
+	inc       *store.Incident // open incident, nil if none
+	task      *store.Task     // task in flight for the open incident
+	passes    int             // consecutive passing results
+	resolved  time.Time       // last verified recovery (cooldown)
+	lastEnd   time.Time       // when the last attempt ended
+	finished  time.Time       // agent time the last task finished (verification)
+	timer     *time.Timer
+	timerGen  uint64
+	triggerAt time.Time // when the triggering result reached the control plane
+}
+
+// Manager is the remediation loop.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	mu    sync.Mutex
+	queue []func()
+	wake  chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+
+	// Loop-owned state.
+	tracks  map[key]*track
+	rules   map[string]ruleEntry // policy name → compiled rule of a version
+	running map[string]int       // policy → tasks in flight fleet-wide
+	hour    map[string]*governor.HourWindow
+}
+
+type ruleEntry struct {
+	version uint64
+	rule    *engine.Rule
+	err     error
+}
+
+// New creates a manager; Start runs it.
+func New(cfg Config) *Manager {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TaskTTL <= 0 {
+		cfg.TaskTTL = 60 * time.Second
+	}
+	if cfg.ClockSkew <= 0 {
+		cfg.ClockSkew = 5 * time.Second
+	}
+	return &Manager{
+		cfg:     cfg,
+		log:     cfg.Log,
+		wake:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		tracks:  map[key]*track{},
+		rules:   map[string]ruleEntry{},
+		running: map[string]int{},
+		hour:    map[string]*governor.HourWindow{},
+	}
+}
+
+// enqueue runs fn on the loop goroutine; it never blocks.
+func (m *Manager) enqueue(fn func()) {
+	m.mu.Lock()
+	m.queue = append(m.queue, fn)
+	m.mu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// call runs fn on the loop and waits for it.
+func (m *Manager) call(ctx context.Context, fn func() error) error {
+	errc := make(chan error, 1)
+	m.enqueue(func() { errc <- fn() })
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-m.done:
+		return errors.New("remediation loop stopped")
+	}
+}
+
+// Start loads open incidents and tasks in flight, then runs the loop.
+func (m *Manager) Start() error {
+	if err := m.recover(); err != nil {
+		return err
+	}
+	go m.loop()
+	return nil
+}
+
+// Stop ends the loop (pending inputs are dropped: they are durable in the
+// store and replayed by the agents' outboxes).
+func (m *Manager) Stop() {
+	select {
+	case <-m.stop:
+	default:
+		close(m.stop)
+	}
+	<-m.done
+	for _, tr := range m.tracks {
+		if tr.timer != nil {
+			tr.timer.Stop()
+		}
+	}
+}
+
+func (m *Manager) loop() {
+	defer close(m.done)
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-m.wake:
+		}
+		for {
+			m.mu.Lock()
+			q := m.queue
+			m.queue = nil
+			m.mu.Unlock()
+			if len(q) == 0 {
+				break
+			}
+			for _, fn := range q {
+				select {
+				case <-m.stop:
+					return
+				default:
+				}
+				fn()
+			}
+		}
+	}
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+func (m *Manager) track(agentID, pol string) *track {
+	k := key{agentID, pol}
+	tr, ok := m.tracks[k]
+	if !ok {
+		tr = &track{key: k}
+		m.tracks[k] = tr
+	}
+	return tr
+}
+
+func (m *Manager) rule(p *policy.Policy, version uint64) (*engine.Rule, error) {
+	if e, ok := m.rules[p.Name()]; ok && e.version == version {
+		return e.rule, e.err
+	}
+	r, err := engine.Compile(p)
+	if err != nil {
+		m.log.Error("policy trigger does not compile; policy ignored", "policy", p.Name(), "version", version, "err", err)
+	}
+	m.rules[p.Name()] = ruleEntry{version: version, rule: r, err: err}
+	return r, err
+}
+
+// OnResults feeds durable results of one agent to the loop (called by the
+// ingest path after the commit, before the acknowledgement).
+func (m *Manager) OnResults(agentID string, results []*agentv1.CheckResult) {
+	received := m.cfg.Now()
+	m.enqueue(func() {
+		for _, r := range results {
+			m.observe(agentID, r, received)
+		}
+	})
+}
+
+func statusWord(s agentv1.CheckStatus) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "CHECK_STATUS_"))
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
+
+func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.Time) {
+	if strings.HasPrefix(r.GetCheckId(), "local/") {
+		return
+	}
+	p, version, ok := m.cfg.Policies.Lookup(r.GetCheckId())
+	if !ok {
+		return
+	}
+	rule, err := m.rule(p, version)
+	if err != nil {
+		return
+	}
+	agent, ok := m.cfg.Fleet.Get(agentID)
+	if !ok {
+		return
+	}
+	now := m.cfg.Now()
+	tr := m.track(agentID, p.Name())
+	d := rule.Observe(&tr.state, r, agent.Labels, now)
+	if d.Passed {
+		tr.passes++
+	} else {
+		tr.passes = 0
+	}
+
+	if tr.inc == nil {
+		switch {
+		case d.Trigger:
+			tr.triggerAt = received
+			m.open(tr, p, version, agent, r, d)
+		case d.Flapping:
+			m.openFlapping(tr, p, version, d)
+		}
+		return
+	}
+	switch tr.inc.State {
+	case store.IncidentVerifying:
+		if d.Passed && !r.GetStartedAt().AsTime().Before(tr.finished) {
+			m.resolve(tr, fmt.Sprintf("verified: %s passed %s after the task finished (%s)",
+				p.Name(), r.GetStartedAt().AsTime().Sub(tr.finished).Round(time.Millisecond), firstLine(r.GetOutput())))
+		}
+	case store.IncidentFlapping:
+		if !d.Flapping && tr.passes >= p.Spec.Trigger.Window {
+			m.resolve(tr, fmt.Sprintf("stopped flapping: %d passing results in a row", tr.passes))
+		}
+	case store.IncidentOpen, store.IncidentSuppressed:
+		switch {
+		case d.Flapping:
+			m.event(tr, store.Event{Kind: "flapping", Message: d.Reason + "; automation paused while the check flaps"}, store.IncidentFlapping)
+			m.cancelTimer(tr)
+		case tr.task == nil && tr.passes >= p.Spec.Trigger.Window:
+			m.resolve(tr, fmt.Sprintf("recovered without remediation: %d passing results in a row", tr.passes))
+		}
+	}
+}
+
+func (m *Manager) open(tr *track, p *policy.Policy, version uint64, agent store.Agent, r *agentv1.CheckResult, d engine.Decision) {
+	now := m.cfg.Now()
+	inc := store.Incident{
+		ID:            newID("inc"),
+		AgentID:       tr.key.agent,
+		Policy:        p.Name(),
+		PolicyVersion: version,
+		State:         store.IncidentOpen,
+		OpenedAt:      now,
+		UpdatedAt:     now,
+		Reason:        d.Reason,
+		Timeline: []store.Event{{At: now, Kind: "detected",
+			Message: fmt.Sprintf("%s on %s: %s; last result %s: %s", p.Name(), agent.Name, d.Reason, statusWord(r.GetStatus()), firstLine(r.GetOutput()))}},
+	}
+	if err := m.cfg.Store.CreateIncident(inc); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			if open, err2 := m.cfg.Store.OpenIncident(tr.key.agent, p.Name()); err2 == nil {
+				tr.inc = &open
+				return
+			}
+		}
+		m.log.Error("open incident", "agent_id", tr.key.agent, "policy", p.Name(), "err", err)
+		return
+	}
+	tr.inc = &inc
+	tr.task = nil
+	m.log.Info("incident opened", "incident", inc.ID, "agent", agent.Name, "policy", p.Name(), "reason", d.Reason)
+	m.attempt(tr)
+}
+
+func (m *Manager) openFlapping(tr *track, p *policy.Policy, version uint64, d engine.Decision) {
+	now := m.cfg.Now()
+	inc := store.Incident{
+		ID: newID("inc"), AgentID: tr.key.agent, Policy: p.Name(), PolicyVersion: version,
+		State: store.IncidentFlapping, OpenedAt: now, UpdatedAt: now, Reason: d.Reason,
+		Timeline: []store.Event{{At: now, Kind: "flapping", Message: d.Reason + "; no remediation while the check flaps"}},
+	}
+	if err := m.cfg.Store.CreateIncident(inc); err != nil {
+		m.log.Error("open flapping incident", "err", err)
+		return
+	}
+	tr.inc = &inc
+}
+
+// event appends to the open incident's timeline and optionally changes its
+// state, durably.
+func (m *Manager) event(tr *track, ev store.Event, state string) {
+	if tr.inc == nil {
+		return
+	}
+	if ev.At.IsZero() {
+		ev.At = m.cfg.Now()
+	}
+	var updated store.Incident
+	err := m.cfg.Store.UpdateIncident(tr.inc.ID, func(inc *store.Incident) error {
+		inc.Timeline = append(inc.Timeline, ev)
+		inc.UpdatedAt = ev.At
+		if state != "" {
+			inc.State = state
+			if store.IncidentTerminal(state) {
+				inc.ResolvedAt = ev.At
+			}
+		}
+		if ev.Kind != "started" && ev.Kind != "sent" && ev.Kind != "signed" {
+			inc.Reason = ev.Message
+		}
+		inc.Attempts = tr.inc.Attempts
+		updated = *inc
+		return nil
+	})
+	if err != nil {
+		m.log.Error("update incident", "incident", tr.inc.ID, "err", err)
+		return
+	}
+	tr.inc = &updated
+}
+
+func (m *Manager) cancelTimer(tr *track) {
+	tr.timerGen++
+	if tr.timer != nil {
+		tr.timer.Stop()
+		tr.timer = nil
+	}
+}
+
+// after runs fn on the loop at t, unless another timer replaces it.
+func (m *Manager) after(tr *track, at time.Time, fn func()) {
+	m.cancelTimer(tr)
+	gen := tr.timerGen
+	d := time.Until(at)
+	if d < 0 {
+		d = 0
+	}
+	tr.timer = time.AfterFunc(d, func() {
+		m.enqueue(func() {
+			if tr.timerGen == gen {
+				tr.timer = nil
+				fn()
+			}
+		})
+	})
+}
+
+func (m *Manager) hourWindow(pol string) *governor.HourWindow {
+	h, ok := m.hour[pol]
+	if !ok {
+		h = &governor.HourWindow{}
+		m.hour[pol] = h
+	}
+	return h
+}
+
+// attempt asks the governor whether automation may act now, and acts.
+func (m *Manager) attempt(tr *track) {
+	if tr.inc == nil || tr.task != nil {
+		return
+	}
+	p, _, ok := m.cfg.Policies.Lookup(tr.key.policy)
+	if !ok {
+		m.escalate(tr, "the policy was deleted while the incident was open")
+		return
+	}
+	rem := p.Spec.Remediation
+	if rem == nil {
+		m.escalate(tr, "the policy has no remediation: a person must look")
+		return
+	}
+	now := m.cfg.Now()
+	limits := p.Spec.Limits
+	maxConc, maxHour := 0, 0
+	if limits != nil {
+		maxConc = limits.MaxConcurrent.Limit(m.cfg.Policies.MatchedCount(p.Name(), m.cfg.Fleet.List()))
+		maxHour = limits.MaxPerHour
+	}
+	in := governor.Input{
+		Now:             now,
+		Mode:            p.Spec.Mode,
+		RequireApproval: rem.RequireApproval,
+		Attempts:        tr.inc.Attempts,
+		MaxAttempts:     rem.MaxAttempts,
+		LastAttemptEnd:  tr.lastEnd,
+		Backoff:         rem.Backoff.D(),
+		LastResolved:    tr.resolved,
+		Cooldown:        rem.Cooldown.D(),
+		Running:         m.running[p.Name()],
+		MaxConcurrent:   maxConc,
+		StartedLastHour: m.hourWindow(p.Name()).Count(now),
+		MaxPerHour:      maxHour,
+	}
+	dec := governor.Decide(in)
+	if dec.Escalate {
+		m.escalate(tr, dec.Reason)
+		return
+	}
+	if !dec.Act {
+		last := lastEvent(tr.inc)
+		if last.Kind != "suppressed" || last.Rule != dec.Rule {
+			m.event(tr, store.Event{Kind: "suppressed", Rule: dec.Rule, Message: dec.Reason}, store.IncidentSuppressed)
+		}
+		if !dec.RetryAt.IsZero() {
+			m.after(tr, dec.RetryAt, func() { m.attempt(tr) })
+		}
+		return
+	}
+	m.dispatch(tr, p)
+}
+
+func lastEvent(inc *store.Incident) store.Event {
+	if inc == nil || len(inc.Timeline) == 0 {
+		return store.Event{}
+	}
+	return inc.Timeline[len(inc.Timeline)-1]
+}

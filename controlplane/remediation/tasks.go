@@ -1,0 +1,338 @@
+package remediation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/internal/policy"
+	"tend.dev/tend/internal/task"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+	taskv1 "tend.dev/tend/proto/tend/task/v1"
+)
+
+// substituteParams replaces label tokens in every string of the params.
+func substituteParams(v any, labels map[string]string) (any, error) {
+	switch x := v.(type) {
+	case string:
+		return policy.Substitute(x, labels)
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			s, err := substituteParams(e, labels)
+			if err != nil {
+				return nil, fmt.Errorf("[%d]: %w", i, err)
+			}
+			out[i] = s
+		}
+		return out, nil
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			s, err := substituteParams(e, labels)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", k, err)
+			}
+			out[k] = s
+		}
+		return out, nil
+	}
+	return v, nil
+}
+
+// dispatch creates, signs, stores and sends one task for the incident.
+func (m *Manager) dispatch(tr *track, p *policy.Policy) {
+	rem := p.Spec.Remediation
+	agent, _ := m.cfg.Fleet.Get(tr.key.agent)
+	raw := map[string]any{}
+	if rem.Params != nil {
+		raw = rem.Params
+	}
+	sub, err := substituteParams(raw, agent.Labels)
+	if err != nil {
+		m.escalate(tr, fmt.Sprintf("remediation params of %s: %v", p.Name(), err))
+		return
+	}
+	params := sub.(map[string]any)
+	paramsJSON, err := json.Marshal(params)
+	if err != nil {
+		m.escalate(tr, fmt.Sprintf("remediation params of %s: %v", p.Name(), err))
+		return
+	}
+	ps, err := structpb.NewStruct(params)
+	if err != nil {
+		m.escalate(tr, fmt.Sprintf("remediation params of %s: %v", p.Name(), err))
+		return
+	}
+	now := m.cfg.Now()
+	attempt := tr.inc.Attempts + 1
+	_, version, _ := m.cfg.Policies.Lookup(p.Name())
+	t := store.Task{
+		ID:            newID("task"),
+		IncidentID:    tr.inc.ID,
+		AgentID:       tr.key.agent,
+		Policy:        p.Name(),
+		PolicyVersion: version,
+		Action:        rem.Action,
+		Params:        paramsJSON,
+		State:         store.TaskPending,
+		Attempt:       attempt,
+		CreatedAt:     now,
+		NotBefore:     now.Add(-m.cfg.ClockSkew),
+		ExpiresAt:     now.Add(m.cfg.TaskTTL),
+	}
+	stored, err := m.cfg.Store.CreateTask(t, func(t *store.Task) error {
+		env, err := task.Seal(m.cfg.Signer, &taskv1.Task{
+			TaskId:        t.ID,
+			AgentId:       t.AgentID,
+			IncidentId:    t.IncidentID,
+			Policy:        t.Policy,
+			PolicyVersion: t.PolicyVersion,
+			Action:        t.Action,
+			Params:        ps,
+			Seq:           t.Seq,
+			NotBefore:     timestamppb.New(t.NotBefore),
+			ExpiresAt:     timestamppb.New(t.ExpiresAt),
+			Timeout:       durationpb.New(rem.Timeout.D()),
+			Attempt:       uint32(t.Attempt),
+		})
+		if err != nil {
+			return err
+		}
+		t.Envelope = env
+		return nil
+	})
+	if err != nil {
+		m.log.Error("create task", "incident", tr.inc.ID, "err", err)
+		m.escalate(tr, fmt.Sprintf("could not create the task: %v", err))
+		return
+	}
+	tr.task = &stored
+	tr.inc.Attempts = attempt
+	m.running[p.Name()]++
+	m.hourWindow(p.Name()).Add(now)
+	maxAttempts := rem.MaxAttempts
+	m.event(tr, store.Event{Kind: "decided", TaskID: stored.ID,
+		Message: fmt.Sprintf("attempt %d of %d: %s %s", attempt, maxAttempts, rem.Action, string(paramsJSON))}, store.IncidentRemediating)
+	m.event(tr, store.Event{Kind: "signed", TaskID: stored.ID,
+		Message: fmt.Sprintf("task %s seq %d signed with key %s, valid until %s", stored.ID, stored.Seq, m.cfg.Signer.ID, stored.ExpiresAt.Format(time.RFC3339))}, "")
+	m.send(tr, stored)
+	m.after(tr, stored.ExpiresAt, func() { m.expire(tr, stored.ID) })
+}
+
+// send delivers a task if the agent is connected; otherwise it stays
+// pending and is sent when the agent reconnects (while still valid).
+func (m *Manager) send(tr *track, t store.Task) {
+	s := m.cfg.Fleet.Session(t.AgentID)
+	if s == nil {
+		m.event(tr, store.Event{Kind: "sent", TaskID: t.ID, Message: "agent not connected: the task waits for it (until it expires)"}, "")
+		return
+	}
+	if !s.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Task{Task: &agentv1.TaskDelivery{Envelope: t.Envelope}}}) {
+		m.event(tr, store.Event{Kind: "sent", TaskID: t.ID, Message: "agent stream busy: the task waits for the reconnect"}, "")
+		return
+	}
+	now := m.cfg.Now()
+	err := m.cfg.Store.UpdateTask(t.ID, func(st *store.Task) error {
+		if st.State == store.TaskPending {
+			st.State = store.TaskSent
+			st.SentAt = now
+		}
+		return nil
+	})
+	if err != nil {
+		m.log.Error("mark task sent", "task", t.ID, "err", err)
+	}
+	if tr.task != nil && tr.task.ID == t.ID && tr.task.State == store.TaskPending {
+		tr.task.State = store.TaskSent
+	}
+	m.event(tr, store.Event{At: now, Kind: "sent", TaskID: t.ID, Message: "task sent to the agent"}, "")
+}
+
+// expire marks a task that never started before its expiry.
+func (m *Manager) expire(tr *track, taskID string) {
+	if tr.task == nil || tr.task.ID != taskID {
+		return
+	}
+	t, err := m.cfg.Store.GetTask(taskID)
+	if err != nil || (t.State != store.TaskPending && t.State != store.TaskSent) {
+		// Running tasks are bounded by their timeout on the agent; wait for
+		// the agent's report.
+		if err == nil && t.State == store.TaskRunning {
+			m.after(tr, m.cfg.Now().Add(time.Minute), func() { m.expire(tr, taskID) })
+		}
+		return
+	}
+	m.finishTask(tr, t, store.TaskExpired, "the agent did not start it before it expired", nil)
+}
+
+// OnTaskUpdate records an update reported by the agent, durably, before the
+// agent's update is acknowledged. Updates about another agent's task, and
+// late updates of finished tasks, are ignored (and acknowledged).
+func (m *Manager) OnTaskUpdate(ctx context.Context, agentID string, u *agentv1.TaskUpdate) error {
+	return m.call(ctx, func() error { return m.taskUpdate(agentID, u) })
+}
+
+func taskStateWord(s agentv1.TaskState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "TASK_STATE_"))
+}
+
+func (m *Manager) taskUpdate(agentID string, u *agentv1.TaskUpdate) error {
+	t, err := m.cfg.Store.GetTask(u.GetTaskId())
+	if errors.Is(err, store.ErrNotFound) {
+		m.log.Warn("update for an unknown task ignored", "agent_id", agentID, "task", u.GetTaskId(), "state", u.GetState(), "reason", u.GetReason())
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if t.AgentID != agentID {
+		m.log.Warn("agent reported on another agent's task: ignored", "agent_id", agentID, "task", t.ID, "owner", t.AgentID)
+		return nil
+	}
+	if store.TaskTerminal(t.State) {
+		return nil
+	}
+	tr := m.track(agentID, t.Policy)
+	if tr.inc == nil || tr.inc.ID != t.IncidentID || tr.task == nil || tr.task.ID != t.ID {
+		// Not the task in flight (e.g. after a restart): record it only.
+		return m.cfg.Store.UpdateTask(t.ID, func(st *store.Task) error {
+			st.State = taskStateWord(u.GetState())
+			st.Output, st.Reason = u.GetOutput(), u.GetReason()
+			if store.TaskTerminal(st.State) {
+				st.FinishedAt = u.GetAt().AsTime()
+			}
+			return nil
+		})
+	}
+	at := u.GetAt().AsTime()
+	switch u.GetState() {
+	case agentv1.TaskState_TASK_STATE_RUNNING:
+		if err := m.cfg.Store.UpdateTask(t.ID, func(st *store.Task) error {
+			st.State = store.TaskRunning
+			st.StartedAt = at
+			return nil
+		}); err != nil {
+			return err
+		}
+		tr.task.State = store.TaskRunning
+		if m.cfg.Observe != nil && !tr.triggerAt.IsZero() {
+			m.cfg.Observe("trigger_to_task_running", m.cfg.Now().Sub(tr.triggerAt))
+			tr.triggerAt = time.Time{}
+		}
+		m.event(tr, store.Event{Kind: "started", TaskID: t.ID, Message: "the agent verified the task and started " + t.Action}, "")
+	case agentv1.TaskState_TASK_STATE_SUCCEEDED:
+		m.finishTask(tr, t, store.TaskSucceeded, "", u)
+	case agentv1.TaskState_TASK_STATE_FAILED:
+		m.finishTask(tr, t, store.TaskFailed, u.GetReason(), u)
+	case agentv1.TaskState_TASK_STATE_REJECTED:
+		m.finishTask(tr, t, store.TaskRejected, u.GetReason(), u)
+	case agentv1.TaskState_TASK_STATE_EXPIRED:
+		m.finishTask(tr, t, store.TaskExpired, u.GetReason(), u)
+	default:
+		return fmt.Errorf("task %s: unexpected state %s in an update", t.ID, u.GetState())
+	}
+	return nil
+}
+
+// finishTask records a terminal task state and moves the incident on.
+func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *agentv1.TaskUpdate) {
+	now := m.cfg.Now()
+	finished := now
+	output := ""
+	if u != nil {
+		finished = u.GetAt().AsTime()
+		output = u.GetOutput()
+	}
+	err := m.cfg.Store.UpdateTask(t.ID, func(st *store.Task) error {
+		st.State = state
+		st.FinishedAt = finished
+		st.Output = output
+		st.Reason = reason
+		return nil
+	})
+	if err != nil {
+		m.log.Error("finish task", "task", t.ID, "err", err)
+	}
+	if m.running[t.Policy] > 0 {
+		m.running[t.Policy]--
+	}
+	tr.task = nil
+	tr.lastEnd = now
+	p, _, ok := m.cfg.Policies.Lookup(t.Policy)
+	switch state {
+	case store.TaskSucceeded:
+		within := 30 * time.Second
+		if ok && p.Spec.Remediation != nil && p.Spec.Remediation.Verify.Within.D() > 0 {
+			within = p.Spec.Remediation.Verify.Within.D()
+		}
+		tr.finished = finished
+		m.event(tr, store.Event{At: now, Kind: "finished", TaskID: t.ID, Message: "succeeded: " + firstLine(output)}, "")
+		m.event(tr, store.Event{At: now, Kind: "verifying", TaskID: t.ID,
+			Message: fmt.Sprintf("waiting up to %s for %s to pass again", within, t.Policy)}, store.IncidentVerifying)
+		m.after(tr, now.Add(within), func() {
+			if tr.inc != nil && tr.inc.State == store.IncidentVerifying {
+				m.retryOrEscalate(tr, fmt.Sprintf("not verified: %s did not pass within %s of the task", t.Policy, within))
+			}
+		})
+	case store.TaskRejected:
+		m.event(tr, store.Event{At: now, Kind: "rejected", TaskID: t.ID, Message: "the agent rejected the task: " + reason}, "")
+		// A rejection (allow-list, signature, addressee) is deterministic:
+		// retrying would be rejected again.
+		m.escalate(tr, "the agent rejected the task: "+reason)
+	case store.TaskExpired:
+		m.event(tr, store.Event{At: now, Kind: "expired", TaskID: t.ID, Message: reason}, "")
+		m.retryOrEscalate(tr, "task expired: "+reason)
+	default:
+		msg := reason
+		if msg == "" {
+			msg = firstLine(output)
+		}
+		m.event(tr, store.Event{At: now, Kind: "finished", TaskID: t.ID, Message: "failed: " + msg}, "")
+		m.retryOrEscalate(tr, "task failed: "+msg)
+	}
+}
+
+// retryOrEscalate schedules the next attempt after the backoff, or
+// escalates when the attempts are used up.
+func (m *Manager) retryOrEscalate(tr *track, why string) {
+	p, _, ok := m.cfg.Policies.Lookup(tr.key.policy)
+	if !ok || p.Spec.Remediation == nil {
+		m.escalate(tr, why)
+		return
+	}
+	rem := p.Spec.Remediation
+	if tr.inc.Attempts >= rem.MaxAttempts {
+		m.escalate(tr, fmt.Sprintf("%s; %d of %d attempts used", why, tr.inc.Attempts, rem.MaxAttempts))
+		return
+	}
+	wait := rem.Backoff.D() << max(0, tr.inc.Attempts-1)
+	at := m.cfg.Now().Add(wait)
+	m.event(tr, store.Event{Kind: "retry", Message: fmt.Sprintf("%s; attempt %d of %d in %s (backoff doubles)", why, tr.inc.Attempts+1, rem.MaxAttempts, wait)}, store.IncidentOpen)
+	m.after(tr, at, func() { m.attempt(tr) })
+}
+
+// resolve closes the incident after a verified recovery.
+func (m *Manager) resolve(tr *track, why string) {
+	now := m.cfg.Now()
+	m.cancelTimer(tr)
+	kind := "verified"
+	if !strings.HasPrefix(why, "verified") {
+		kind = "resolved"
+	}
+	m.event(tr, store.Event{At: now, Kind: kind, Message: why}, store.IncidentResolved)
+	m.log.Info("incident resolved", "incident", tr.inc.ID, "agent_id", tr.key.agent, "policy", tr.key.policy, "why", why)
+	tr.state.ResetAfterVerifiedRecovery()
+	tr.resolved = now
+	tr.inc = nil
+	tr.task = nil
+	tr.passes = 0
+}
