@@ -140,7 +140,8 @@ func TestEnrollLoadConnectRenew(t *testing.T) {
 	require.NoError(t, err)
 	who, err := pki.IdentityOf(leaf)
 	require.NoError(t, err)
-	require.Equal(t, pki.Identity{ID: id.AgentID(), Role: pki.RoleAgent}, who)
+	require.Equal(t, id.AgentID(), who.ID)
+	require.Equal(t, pki.RoleAgent, who.Role)
 	require.WithinDuration(t, time.Now().Add(server.DefaultAgentCertTTL), id.Expiry(), 10*time.Minute)
 	require.True(t, id.RenewAt().After(time.Now()) && id.RenewAt().Before(id.Expiry()))
 
@@ -179,7 +180,8 @@ func TestEnrollLoadConnectRenew(t *testing.T) {
 	require.NoError(t, err)
 	who, err = pki.IdentityOf(newLeaf)
 	require.NoError(t, err)
-	require.Equal(t, pki.Identity{ID: id.AgentID(), Role: pki.RoleAgent}, who)
+	require.Equal(t, id.AgentID(), who.ID)
+	require.Equal(t, pki.RoleAgent, who.Role)
 	require.Equal(t, loaded.Serial(), newLeaf.SerialNumber.Text(16))
 
 	reloaded, err := identity.Load(dir)

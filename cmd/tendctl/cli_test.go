@@ -105,7 +105,7 @@ func TestApply(t *testing.T) {
 	// A directory, and several -f.
 	r = runCLI(t, nil, "", "--config", conf, "apply", "-f", exampleFile(""), "-f", p)
 	require.Equal(t, 0, r.code, r.stderr)
-	require.Equal(t, "policy/disk-root-full created\npolicy/web-nginx-down created\npolicy/tcp-db configured\n", r.stdout)
+	require.Equal(t, "policy/demo-http created\npolicy/demo-process created\npolicy/demo-disk created\npolicy/disk-root-full created\npolicy/web-nginx-down created\npolicy/tcp-db configured\n", r.stdout)
 
 	// --dry-run is passed on.
 	r = runCLI(t, nil, "", "--config", conf, "apply", "--dry-run", "-f", p)
@@ -324,9 +324,8 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"get"}, "error: missing resource type (want one of agents, policies, checks, results)\nSee 'tendctl get --help'.\n"},
-		{[]string{"get", "foo"}, "error: unknown resource type \"foo\" (want one of agents, policies, checks, results)\nSee 'tendctl get --help'.\n"},
-		{[]string{"get", "incidents"}, "error: incidents are not served by this version of the admin API yet\n"},
+		{[]string{"get"}, "error: missing resource type (want one of agents, policies, checks, results, incidents, tasks)\nSee 'tendctl get --help'.\n"},
+		{[]string{"get", "foo"}, "error: unknown resource type \"foo\" (want one of agents, policies, checks, results, incidents, tasks)\nSee 'tendctl get --help'.\n"},
 		{[]string{"get", "agents", "-o", "xml"}, "error: -o: unknown output format \"xml\" (want table, json or yaml)\nSee 'tendctl get --help'.\n"},
 		{[]string{"get", "agent/x", "y"}, "error: use either TYPE/NAME or TYPE NAME..., not both\nSee 'tendctl get --help'.\n"},
 		{[]string{"delete", "policy"}, "error: delete takes exactly one NAME, got 0\nSee 'tendctl delete --help'.\n"},

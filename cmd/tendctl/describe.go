@@ -19,17 +19,25 @@ import (
 
 func newDescribeCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:   "describe (policy|agent) NAME",
-		Short: "Show one policy (spec and matched agents) or one agent (details and checks)",
+		Use:   "describe (policy|agent|incident) NAME",
+		Short: "Show one policy (spec and matched agents), agent (details and checks) or incident (the whole timeline)",
 		Example: `  tendctl describe policy web-nginx-down
-  tendctl describe agent web-1`,
+  tendctl describe agent web-1
+  tendctl describe incident inc-3f2a9c1d0b7e4a55`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			res, names, err := parseResource(cmd, args, resPolicies, resAgents)
+			res, names, err := parseResource(cmd, args, resPolicies, resAgents, resIncidents)
 			if err != nil {
 				return err
 			}
 			if len(names) != 1 {
 				return usageErrorf(cmd, "describe takes exactly one NAME, got %d", len(names))
+			}
+			if res == resIncidents {
+				resp, err := call(cmd.Context(), a, adminv1.AdminServiceClient.GetIncident, &adminv1.GetIncidentRequest{Id: names[0]})
+				if err != nil {
+					return err
+				}
+				return describeIncident(a.stdout, a.now(), resp)
 			}
 			if res == resPolicies {
 				resp, err := call(cmd.Context(), a, adminv1.AdminServiceClient.GetPolicy, &adminv1.GetPolicyRequest{Name: names[0]})

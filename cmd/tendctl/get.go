@@ -14,10 +14,12 @@ import (
 
 // Resource types, with the names accepted for each.
 const (
-	resAgents   = "agents"
-	resPolicies = "policies"
-	resChecks   = "checks"
-	resResults  = "results"
+	resAgents    = "agents"
+	resPolicies  = "policies"
+	resChecks    = "checks"
+	resResults   = "results"
+	resIncidents = "incidents"
+	resTasks     = "tasks"
 )
 
 var resourceAliases = map[string]string{
@@ -25,11 +27,13 @@ var resourceAliases = map[string]string{
 	"policies": resPolicies, "policy": resPolicies, "po": resPolicies, "pol": resPolicies,
 	"checks": resChecks, "check": resChecks, "ch": resChecks,
 	"results": resResults, "result": resResults,
+	"incidents": resIncidents, "incident": resIncidents, "inc": resIncidents,
+	"tasks": resTasks, "task": resTasks,
 }
 
 // notYet are resource types of the design that this admin API does not
 // serve yet.
-var notYet = []string{"incidents", "incident", "tasks", "task"}
+var notYet = []string{}
 
 // parseResource splits "TYPE", "TYPE/NAME" or "TYPE NAME..." arguments into
 // the canonical type and the names.
@@ -64,6 +68,8 @@ func newGetCmd(a *app) *cobra.Command {
 		agent          string
 		limit          uint32
 		includeRevoked bool
+		openOnly       bool
+		incident       string
 	)
 	cmd := &cobra.Command{
 		Use:   "get TYPE [NAME...]",
@@ -75,12 +81,18 @@ func newGetCmd(a *app) *cobra.Command {
   checks [CHECK...] [--agent AGENT]
                               the latest result of every (agent, check)
   results AGENT CHECK         the stored results of one check, oldest first
+  incidents [ID...] [--agent AGENT] [--open]
+                              incidents, newest first
+  tasks [--agent AGENT] [--incident ID]
+                              remediation tasks, newest first
 
 TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
 -o json prints a JSON array of objects; their field names are stable:
   agent:  name, id, labels, status, lastSeen, version
   policy: name, version, spec
-  check:  agent, check, status, output, lastRun, since, metrics`,
+  check:  agent, check, status, output, lastRun, since, metrics
+  incident: id, agent, policy, state, openedAt, resolvedAt, attempts, reason, timeline
+  task:   id, incident, agent, action, params, state, seq, createdAt, finishedAt, output`,
 		Example: `  tendctl get agents
   tendctl get agent/web-1 -o yaml
   tendctl get checks --agent web-1
@@ -90,7 +102,7 @@ TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
 			if err := checkFormat(output); err != nil {
 				return usageErrorf(cmd, "-o: %v", err)
 			}
-			res, names, err := parseResource(cmd, args, resAgents, resPolicies, resChecks, resResults)
+			res, names, err := parseResource(cmd, args, resAgents, resPolicies, resChecks, resResults, resIncidents, resTasks)
 			if err != nil {
 				return err
 			}
@@ -115,6 +127,18 @@ TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
 					return err
 				}
 				return printList(p, objs, checkTable)
+			case resIncidents:
+				objs, err := getIncidents(ctx, a, agent, openOnly, names)
+				if err != nil {
+					return err
+				}
+				return printList(p, objs, incidentTable)
+			case resTasks:
+				objs, err := getTasks(ctx, a, agent, incident)
+				if err != nil {
+					return err
+				}
+				return printList(p, objs, taskTable)
 			default: // results
 				if len(names) != 2 {
 					return usageErrorf(cmd, "get results needs AGENT and CHECK, e.g. tendctl get results web-1 web-nginx-down")
@@ -132,8 +156,10 @@ TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", formatTable, "output format: table, json or yaml")
-	cmd.Flags().StringVar(&agent, "agent", "", "checks: only those of this agent (name or id)")
+	cmd.Flags().StringVar(&agent, "agent", "", "checks, incidents, tasks: only those of this agent (name or id)")
 	cmd.Flags().Uint32Var(&limit, "limit", 0, "results: only the newest N (0: all stored)")
+	cmd.Flags().BoolVar(&openOnly, "open", false, "incidents: only those not resolved or escalated")
+	cmd.Flags().StringVar(&incident, "incident", "", "tasks: only those of this incident")
 	cmd.Flags().BoolVar(&includeRevoked, "include-revoked", false, "agents: also list agents revoked with 'tendctl delete agent'")
 	return cmd
 }

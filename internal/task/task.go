@@ -13,6 +13,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -180,9 +181,12 @@ func Open(envelope []byte, keys map[string]ed25519.PublicKey, wantType string) (
 	if err := proto.Unmarshal(envelope, env); err != nil {
 		return nil, "", Reject(CodeMalformed, "malformed envelope: %v", err)
 	}
+	if len(env.ProtoReflect().GetUnknown()) > 0 {
+		return nil, "", Reject(CodeMalformed, "malformed envelope: not in canonical form (unknown fields)")
+	}
 	canonical, err := proto.MarshalOptions{Deterministic: true}.Marshal(env)
 	if err != nil || string(canonical) != string(envelope) {
-		return nil, "", Reject(CodeMalformed, "malformed envelope: not in canonical form (unknown, repeated or reordered fields)")
+		return nil, "", Reject(CodeMalformed, "malformed envelope: not in canonical form (repeated or reordered fields)")
 	}
 	if env.GetKeyId() == "" {
 		return nil, "", Reject(CodeUnknownKey, "envelope names no signing key")
@@ -212,7 +216,7 @@ func keyList(keys map[string]ed25519.PublicKey) string {
 	for id := range keys {
 		ids = append(ids, id)
 	}
-	sortStrings(ids)
+	slices.Sort(ids)
 	return strings.Join(ids, ", ")
 }
 

@@ -183,12 +183,15 @@ func issues(iss *cel.Issues) string {
 		if i > 0 {
 			b.WriteString("; ")
 		}
-		fmt.Fprintf(&b, "%d:%d: %s", e.Location.Line(), e.Location.Column()+1, firstLine(e.Message))
+		msg := strings.Replace(firstLine(e.Message), " (in container '')", "", 1)
+		fmt.Fprintf(&b, "%d:%d: %s", e.Location.Line(), e.Location.Column()+1, msg)
 		switch {
 		case strings.HasPrefix(e.Message, "undefined field"):
 			b.WriteString(" (result has " + resultFields + ")")
 		case strings.HasPrefix(e.Message, "undeclared reference"):
 			b.WriteString(" (variables: " + variables + ")")
+		case strings.Contains(e.Message, "(double, int)") || strings.Contains(e.Message, "(int, double)"):
+			b.WriteString(" (metrics are doubles: write 90.0, not 90)")
 		}
 	}
 	return b.String()

@@ -3,7 +3,7 @@
 // group commits (see controlplane/ingest), so one fsync covers many results.
 //
 // Layout: schema.go declares every bucket and key; records.go the binary
-// records of the hot path.
+// records of the hot path; remediation.go incidents and tasks.
 package bolt
 
 import (
@@ -112,9 +112,11 @@ func (s *Store) SchemaVersion() (uint64, error) {
 }
 
 // Verify checks the whole file: bbolt's page consistency (tx.Check), every
-// bucket present, every record decodable, and that each check's recorded
-// history length matches its history. It reads everything, so it is for
-// tests, tools and startup after a crash, not for the hot path.
+// bucket present, every record decodable, that each check's recorded
+// history length matches its history, and that the incident and task
+// indexes hold exactly what the records say (see verifyRemediation). It
+// reads everything, so it is for tests, tools and startup after a crash,
+// not for the hot path.
 func (s *Store) Verify() error {
 	return s.db.View(func(tx *bbolt.Tx) error {
 		var errs []error
@@ -154,6 +156,7 @@ func (s *Store) Verify() error {
 			}
 			return nil
 		}))
+		errs = append(errs, t.verifyRemediation()...)
 		return errors.Join(errs...)
 	})
 }

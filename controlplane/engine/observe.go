@@ -1,0 +1,139 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+)
+
+// Decision is what the engine concludes from one result.
+type Decision struct {
+	// Phase after this result.
+	Phase Phase
+	// Changed is true when this result changed the phase.
+	Changed bool
+	// Trigger is true exactly when this result completes the trigger
+	// (`failures` of the last `window` failed) and the state was neither
+	// triggered nor flapping: open an incident.
+	Trigger bool
+	// Flapping is true while the check flaps; FlapPercent is the weighted
+	// percent state change over the last FlapHistory results.
+	Flapping    bool
+	FlapPercent float64
+	// Failed: this result counted as failed. Passed: its status is OK (what
+	// the verifier waits for). A WARNING or UNKNOWN result is usually
+	// neither.
+	Failed bool
+	Passed bool
+	// Failures of the last Results results in the window failed.
+	Failures int
+	Results  int
+	// Ignored: the result was not evaluated (its seq is not above the last
+	// seen, or it is nil); the state did not change.
+	Ignored bool
+	// EvalError is the `when` evaluation error, "" if none. The result then
+	// counted as not failed.
+	EvalError string
+	// Reason says why, for people: "3 of the last 5 results failed".
+	Reason string
+}
+
+// Observe feeds one result of the rule's check on one agent into its state
+// and returns the decision. labels are the agent's labels (for `when`);
+// now is the time the control plane received the result.
+func (r *Rule) Observe(s *State, res *agentv1.CheckResult, labels map[string]string, now time.Time) Decision {
+	return r.ObserveContext(context.Background(), s, res, labels, now)
+}
+
+// ObserveContext is Observe with a context that can interrupt a long `when`
+// evaluation (it is bounded by the CEL cost limit in any case).
+func (r *Rule) ObserveContext(ctx context.Context, s *State, res *agentv1.CheckResult, labels map[string]string, now time.Time) Decision {
+	prev := s.CurrentPhase()
+	if res == nil {
+		return Decision{Phase: prev, Flapping: s.Flapping, Ignored: true, Results: s.N, Failures: s.failures(r.Window), Reason: "ignored: no result"}
+	}
+	if res.GetSeq() <= s.LastSeq {
+		return Decision{
+			Phase: prev, Flapping: s.Flapping, Ignored: true, Results: s.N, Failures: s.failures(r.Window),
+			Reason: fmt.Sprintf("ignored: result seq %d is not above the last seen seq %d", res.GetSeq(), s.LastSeq),
+		}
+	}
+	s.LastSeq, s.LastAt = res.GetSeq(), now
+
+	failed, passed, evalErr := r.Classify(ctx, res, labels)
+	s.push(failed, r.Window)
+	s.pushHistory(failed)
+
+	d := Decision{Failed: failed, Passed: passed, FlapPercent: s.FlapPercent()}
+	wasFlapping := s.Flapping
+	switch {
+	case r.Flap.High <= 0:
+		s.Flapping = false
+	case !s.Flapping && d.FlapPercent > r.Flap.High:
+		s.Flapping = true
+	case s.Flapping && d.FlapPercent < r.Flap.Low:
+		s.Flapping = false
+	}
+	d.Flapping = s.Flapping
+	d.Failures, d.Results = s.failures(r.Window), s.N
+	if !s.Triggered && !s.Flapping && d.Failures >= r.Failures {
+		s.Triggered, d.Trigger = true, true
+	}
+
+	switch {
+	case s.Flapping:
+		d.Phase = PhaseFlapping
+	case s.Triggered:
+		d.Phase = PhaseTriggered
+	case d.Failures > 0:
+		d.Phase = PhaseFailing
+	default:
+		d.Phase = PhaseHealthy
+	}
+	if d.Phase != prev {
+		s.Phase, s.Since, d.Changed = d.Phase, now, true
+	}
+	if evalErr != nil {
+		d.EvalError = evalErr.Error()
+	}
+	d.Reason = r.reason(s, &d, wasFlapping)
+	return d
+}
+
+// reason explains a decision in one line.
+func (r *Rule) reason(s *State, d *Decision, wasFlapping bool) string {
+	var b strings.Builder
+	count := fmt.Sprintf("%d of the last %d results failed", d.Failures, d.Results)
+	switch {
+	case d.Flapping && !wasFlapping:
+		fmt.Fprintf(&b, "flapping started: %.0f%% state change over the last %d results (above %.0f%%)", d.FlapPercent, FlapHistory, r.Flap.High)
+	case d.Flapping:
+		fmt.Fprintf(&b, "flapping: %.0f%% state change (stops below %.0f%%)", d.FlapPercent, r.Flap.Low)
+	case wasFlapping:
+		fmt.Fprintf(&b, "flapping stopped: %.0f%% state change (below %.0f%%); ", d.FlapPercent, r.Flap.Low)
+	}
+	switch {
+	case d.Flapping:
+		b.WriteString("; " + count)
+		if !s.Triggered && d.Failures >= r.Failures {
+			b.WriteString(", not triggering while flapping")
+		}
+	case d.Trigger:
+		fmt.Fprintf(&b, "%s (trigger: %d of %d)", count, r.Failures, r.Window)
+	case s.Triggered:
+		verdict := "did not pass"
+		if d.Passed {
+			verdict = "passed"
+		}
+		fmt.Fprintf(&b, "triggered, waiting for a verified recovery: this result %s; %s", verdict, count)
+	default:
+		fmt.Fprintf(&b, "%s (trigger: %d of %d)", count, r.Failures, r.Window)
+	}
+	if d.EvalError != "" {
+		b.WriteString("; counted as not failed: " + d.EvalError)
+	}
+	return b.String()
+}
