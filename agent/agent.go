@@ -54,8 +54,9 @@ type Agent struct {
 	sched  *scheduler.Scheduler
 	client *stream.Client
 
-	mu       sync.Mutex
-	assigned []*agentv1.CheckSpec
+	mu         sync.Mutex
+	assigned   []*agentv1.CheckSpec
+	generation uint64 // of the last assignment applied
 }
 
 // New opens the data dir and enrolls on first start.
@@ -143,6 +144,16 @@ func (a *Agent) applyChecks() {
 }
 
 func (a *Agent) onAssignment(asg *agentv1.CheckAssignment) {
+	a.mu.Lock()
+	stale := asg.GetGeneration() < a.generation
+	if !stale {
+		a.generation = asg.GetGeneration()
+	}
+	a.mu.Unlock()
+	if stale {
+		a.log.Info("older check assignment ignored", "generation", asg.GetGeneration())
+		return
+	}
 	if err := a.db.SaveAssignment(asg); err != nil {
 		a.log.Error("persist check assignment", "err", err)
 	}
@@ -224,6 +235,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		DB:           a.db,
 		Hello:        a.hello,
 		OnAssignment: a.onAssignment,
+		// Generations only order assignments within one stream: a
+		// control plane restarted with another clock starts afresh.
+		OnWelcome: func(*agentv1.Welcome) {
+			a.mu.Lock()
+			a.generation = 0
+			a.mu.Unlock()
+		},
 		Backoff:      bo,
 		Log:          a.cfg.Log,
 	})
@@ -235,6 +253,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Warn("load last check assignment", "err", err)
 	} else if asg != nil {
 		a.assigned = asg.GetChecks()
+		a.generation = asg.GetGeneration()
 	}
 	a.applyChecks()
 

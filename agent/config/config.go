@@ -33,10 +33,18 @@ type Config struct {
 	MaxBackoff Duration `yaml:"maxBackoff"`
 }
 
-// ActionRule restricts one action's parameters.
+// ActionRule restricts one action's parameters (enforced by
+// agent/tasks.AllowList; which fields apply depends on the action).
 type ActionRule struct {
+	// Commands: the exact argv lists process.restart (command) and
+	// exec.run (argv) may run.
 	Commands [][]string `yaml:"commands,omitempty"`
-	Paths    []string   `yaml:"paths,omitempty"`
+	// Paths: the directories disk.cleanup may work in (and below).
+	Paths []string `yaml:"paths,omitempty"`
+	// Units: the systemd units service.restart may restart (required).
+	Units []string `yaml:"units,omitempty"`
+	// Signals: the signals process.kill may send (any, when empty).
+	Signals []string `yaml:"signals,omitempty"`
 }
 
 // LocalCheck is a check from agent.yaml; its id is "local/<name>".
@@ -69,6 +77,7 @@ type (
 	HTTPParams struct {
 		URL          string `yaml:"url"`
 		ExpectStatus int32  `yaml:"expectStatus"`
+		expectSet    bool
 	}
 	CommandParams struct {
 		Argv []string `yaml:"argv"`
@@ -114,6 +123,10 @@ func Parse(path string, b []byte) (*Config, error) {
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: agent.yaml holds one document; found a second one after '---'", path)
+	}
 	var errs []error
 	seen := map[string]bool{}
 	for i, lc := range c.Checks {
@@ -135,10 +148,32 @@ func Parse(path string, b []byte) (*Config, error) {
 		}
 	}
 	if c.OutboxMax < 0 {
-		errs = append(errs, fmt.Errorf("%s: outboxMax: must be positive", path))
+		errs = append(errs, fmt.Errorf("%s: outboxMax: must not be negative (0 means the default, 100000)", path))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return &c, nil
+}
+
+// UnmarshalYAML notes whether expectStatus was written, so that an explicit
+// 0 is refused instead of becoming the default.
+func (h *HTTPParams) UnmarshalYAML(n *yaml.Node) error {
+	type plain HTTPParams
+	var p plain
+	if err := n.Decode(&p); err != nil {
+		return err
+	}
+	*h = HTTPParams(p)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		switch k := n.Content[i]; k.Value {
+		case "expectStatus":
+			h.expectSet = true
+		case "url":
+		default:
+			// A custom unmarshaler loses the decoder's KnownFields check.
+			return fmt.Errorf("line %d: field %s not found in http (want url, expectStatus)", k.Line, k.Value)
+		}
+	}
+	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -50,6 +52,9 @@ func (lc LocalCheck) Spec() (*agentv1.CheckSpec, error) {
 		if (lc.Process.Name == "") == (lc.Process.Pidfile == "") {
 			return nil, fmt.Errorf("process: set exactly one of name or pidfile")
 		}
+		if lc.Process.Pidfile != "" && !filepath.IsAbs(lc.Process.Pidfile) {
+			return nil, fmt.Errorf("process.pidfile: %q must be an absolute path", lc.Process.Pidfile)
+		}
 		spec.Check = &agentv1.CheckSpec_Process{Process: &agentv1.ProcessCheck{Name: lc.Process.Name, Pidfile: lc.Process.Pidfile}}
 	case "disk":
 		if lc.Disk == nil {
@@ -66,8 +71,9 @@ func (lc LocalCheck) Spec() (*agentv1.CheckSpec, error) {
 		if lc.TCP == nil {
 			return nil, missing()
 		}
-		if _, _, err := net.SplitHostPort(lc.TCP.Address); err != nil {
-			return nil, fmt.Errorf("tcp.address: %q: want host:port", lc.TCP.Address)
+		host, port, err := net.SplitHostPort(lc.TCP.Address)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("tcp.address: %q: want host:port with a port from 1 to 65535", lc.TCP.Address)
 		}
 		spec.Check = &agentv1.CheckSpec_Tcp{Tcp: &agentv1.TcpCheck{Address: lc.TCP.Address}}
 	case "http":
@@ -79,7 +85,7 @@ func (lc LocalCheck) Spec() (*agentv1.CheckSpec, error) {
 			return nil, fmt.Errorf("http.url: %q: want an absolute http or https URL", lc.HTTP.URL)
 		}
 		st := lc.HTTP.ExpectStatus
-		if st == 0 {
+		if st == 0 && !lc.HTTP.expectSet {
 			st = 200
 		}
 		if st < 100 || st > 599 {
@@ -95,7 +101,7 @@ func (lc LocalCheck) Spec() (*agentv1.CheckSpec, error) {
 		}
 		spec.Check = &agentv1.CheckSpec_Command{Command: &agentv1.CommandCheck{Argv: lc.Command.Argv}}
 	case "service":
-		if lc.Service == nil || lc.Service.Name == "" {
+		if lc.Service == nil || strings.TrimSpace(lc.Service.Name) == "" {
 			return nil, fmt.Errorf("service.name: required")
 		}
 		spec.Check = &agentv1.CheckSpec_Service{Service: &agentv1.ServiceCheck{Name: lc.Service.Name}}

@@ -179,7 +179,14 @@ func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
 	return key, csr, nil
 }
 
-func (id *Identity) saveCred(key *ecdsa.PrivateKey, certDER []byte) error {
+func (id *Identity) saveCred(key *ecdsa.PrivateKey, certDER []byte, wantID string) error {
+	leaf, err := x509.ParseCertificate(certDER)
+	if err != nil {
+		return fmt.Errorf("control plane returned an unusable certificate: %w", err)
+	}
+	if got, err := pki.IdentityOf(leaf); err != nil || got.ID != wantID || got.Role != pki.RoleAgent {
+		return fmt.Errorf("control plane returned a certificate for %q, not for agent %s", leaf.Subject.CommonName, wantID)
+	}
 	keyPEM, err := pki.EncodeKeyPEM(key)
 	if err != nil {
 		return err
@@ -254,11 +261,8 @@ func Enroll(ctx context.Context, dir string, o EnrollOptions) (*Identity, error)
 		return nil, err
 	}
 	// The credential file is written last: its presence means "enrolled".
-	if err := id.saveCred(key, resp.GetCertificateDer()); err != nil {
+	if err := id.saveCred(key, resp.GetCertificateDer(), resp.GetAgentId()); err != nil {
 		return nil, err
-	}
-	if leafID, err := pki.IdentityOf(id.leaf); err != nil || leafID.ID != resp.GetAgentId() {
-		return nil, fmt.Errorf("enroll: certificate identity does not match agent id %s", resp.GetAgentId())
 	}
 	return id, nil
 }
@@ -290,7 +294,7 @@ func (id *Identity) Renew(ctx context.Context, conn grpc.ClientConnInterface) er
 			return err
 		}
 	}
-	return id.saveCred(key, resp.GetCertificateDer())
+	return id.saveCred(key, resp.GetCertificateDer(), id.meta.AgentID)
 }
 
 // Fingerprint-free helper for logs: the certificate's serial.

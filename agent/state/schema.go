@@ -19,9 +19,23 @@ var (
 	// bucketOutboxMeta holds the outbox counters (next_seq, pending,
 	// dropped_total).
 	bucketOutboxMeta = []byte("outbox_meta")
+	// bucketTasks holds the task counters: the sequence high-water mark
+	// (seq_high_water), the update outbox's next key, pending count and
+	// dropped total, and the task that was running (in_flight), if any.
+	bucketTasks = []byte("tasks")
+	// bucketTaskUpdates holds task updates waiting for the control plane's
+	// TaskUpdateAck, keyed by an 8-byte big-endian counter in the order
+	// they were written; value: a marshalled agentv1.TaskUpdate.
+	bucketTaskUpdates = []byte("task_updates")
+	// bucketTaskUpdateIndex finds a task's updates: key = 2-byte length of
+	// the task id, the task id, the 8-byte update key; value empty.
+	bucketTaskUpdateIndex = []byte("task_update_index")
 )
 
-var allBuckets = [][]byte{bucketMeta, bucketOutbox, bucketOutboxMeta}
+// The task buckets were added without a schema version change: they are
+// created in any file that lacks them (see migrate), and a tend-agent that
+// does not know them ignores them.
+var allBuckets = [][]byte{bucketMeta, bucketOutbox, bucketOutboxMeta, bucketTasks, bucketTaskUpdates, bucketTaskUpdateIndex}
 
 // Keys in bucketMeta that belong to this package.
 const (
@@ -34,6 +48,15 @@ var (
 	keyNextSeq      = []byte("next_seq")
 	keyPending      = []byte("pending")
 	keyDroppedTotal = []byte("dropped_total")
+)
+
+// Keys in bucketTasks.
+var (
+	keyTaskHighWater  = []byte("seq_high_water")
+	keyNextUpdate     = []byte("next_update")
+	keyUpdatesPending = []byte("updates_pending")
+	keyUpdatesDropped = []byte("updates_dropped_total")
+	keyTaskInFlight   = []byte("in_flight")
 )
 
 // SchemaVersion is the version of agent.db's layout this build writes.

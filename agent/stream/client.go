@@ -7,6 +7,11 @@
 // plane has acknowledged it (BatchAck or Welcome.results_acked_through), and
 // every session starts sending again from the first unacknowledged result.
 // The control plane stores each (agent, seq) once.
+//
+// Task updates (the state.DB task-update outbox) go the same way: every
+// session sends all pending ones first, NotifyTasks sends new ones at once,
+// and an update leaves the outbox on its TaskUpdateAck. The control plane
+// must treat a repeated update as a duplicate.
 package stream
 
 import (
@@ -50,7 +55,8 @@ type Config struct {
 	// DB is the outbox the results are sent from.
 	DB *state.DB
 	// Hello builds the Hello message, fresh on every connect. The client
-	// fills in outbox_pending and outbox_dropped_total itself.
+	// fills in outbox_pending, outbox_dropped_total and
+	// task_seq_high_water itself.
 	Hello func() *agentv1.Hello
 	// OnAssignment receives every CheckAssignment; applying and persisting
 	// it (state.DB.SaveAssignment) is the caller's job. The callbacks run
@@ -58,7 +64,8 @@ type Config struct {
 	OnAssignment func(*agentv1.CheckAssignment)
 	// OnWelcome, if set, is called once per session after Welcome.
 	OnWelcome func(*agentv1.Welcome)
-	// OnTask, if set, receives every TaskDelivery.
+	// OnTask, if set, receives every TaskDelivery. It must not block
+	// (tasks.Runner.Deliver queues or rejects at once).
 	OnTask func(*agentv1.TaskDelivery)
 	// Backoff is the reconnect schedule (gRPC's: 1s ×1.6 ±20%, max 120s).
 	Backoff BackoffConfig
@@ -121,6 +128,8 @@ type Stats struct {
 	HeartbeatsSent      uint64
 	AssignmentsReceived uint64
 	TasksReceived       uint64
+	TaskUpdatesSent     uint64 // including resent updates
+	TaskUpdatesAcked    uint64
 }
 
 // Client owns the agent's connection to the control plane.
@@ -134,7 +143,7 @@ type Client struct {
 
 	connectAttempts, connects, batchesSent, resultsSent     atomic.Uint64
 	batchesAcked, resultsAcked, heartbeatsSent, assignments atomic.Uint64
-	tasks                                                   atomic.Uint64
+	tasks, taskUpdatesSent, taskUpdatesAcked                atomic.Uint64
 
 	// Hooks for tests.
 	rand func() float64
@@ -162,6 +171,10 @@ func (c *Client) Notify() {
 	}
 }
 
+// NotifyTasks wakes the sender: a task update was written to the outbox
+// (state.DB.PutTaskUpdate). It never blocks.
+func (c *Client) NotifyTasks() { c.Notify() }
+
 // Connected reports whether a session is up (Welcome received, not ended).
 func (c *Client) Connected() bool { return c.connected.Load() }
 
@@ -179,6 +192,8 @@ func (c *Client) Stats() Stats {
 		HeartbeatsSent:      c.heartbeatsSent.Load(),
 		AssignmentsReceived: c.assignments.Load(),
 		TasksReceived:       c.tasks.Load(),
+		TaskUpdatesSent:     c.taskUpdatesSent.Load(),
+		TaskUpdatesAcked:    c.taskUpdatesAcked.Load(),
 	}
 }
 

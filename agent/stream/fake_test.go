@@ -42,6 +42,8 @@ type fakeCP struct {
 	closedByPeer int // streams the agent half-closed (CloseSend)
 	hellos       []*agentv1.Hello
 	cur          *fakeSession
+	holdTaskAcks bool                  // receive task updates without acking them
+	taskUpdates  []*agentv1.TaskUpdate // every task update received, in order
 }
 
 type fakeSession struct {
@@ -173,6 +175,14 @@ func (f *fakeCP) handle(sess *fakeSession, m *agentv1.ConnectRequest) []*agentv1
 		}
 		f.ackedThrough = max(f.ackedThrough, last)
 		return []*agentv1.ConnectResponse{{Msg: &agentv1.ConnectResponse_Ack{Ack: ack}}}
+	case *agentv1.ConnectRequest_TaskUpdate:
+		f.taskUpdates = append(f.taskUpdates, m.TaskUpdate)
+		if f.holdTaskAcks {
+			return nil
+		}
+		return []*agentv1.ConnectResponse{{Msg: &agentv1.ConnectResponse_TaskAck{TaskAck: &agentv1.TaskUpdateAck{
+			TaskId: m.TaskUpdate.GetTaskId(), State: m.TaskUpdate.GetState(),
+		}}}}
 	case *agentv1.ConnectRequest_Heartbeat:
 		f.heartbeats++
 		return []*agentv1.ConnectResponse{{Msg: &agentv1.ConnectResponse_HeartbeatAck{HeartbeatAck: &agentv1.HeartbeatAck{ServerTime: timestamppb.Now()}}}}

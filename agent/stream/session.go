@@ -122,6 +122,7 @@ func (c *Client) handshake(sctx context.Context, cancel context.CancelCauseFunc,
 		hello = &agentv1.Hello{}
 	}
 	hello.OutboxPending, hello.OutboxDroppedTotal, _ = c.cfg.DB.Stats()
+	hello.TaskSeqHighWater = c.cfg.DB.TaskHighWater()
 	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return nil, fmt.Errorf("send hello: %w", streamErr(sctx, stream, err))
 	}
@@ -165,12 +166,17 @@ func recvError(err error) error {
 
 // sendLoop is the only goroutine that sends on the stream after Welcome.
 func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window, recvErr <-chan error, hb time.Duration) error {
-	var lastSent uint64 // every session starts from the first unacked result
+	var lastSent uint64    // every session starts from the first unacked result
+	var lastTaskKey uint64 // ... and from the first unacked task update
 	hbTimer := time.NewTimer(c.jitter(hb))
 	defer hbTimer.Stop()
 	poll := time.NewTicker(c.cfg.PollInterval)
 	defer poll.Stop()
 	for {
+		// Task updates first: they are few and someone is waiting for them.
+		if err := c.sendTaskUpdates(stream, &lastTaskKey); err != nil {
+			return err
+		}
 		if err := c.fill(stream, win, &lastSent); err != nil {
 			return err
 		}
@@ -250,6 +256,33 @@ func (c *Client) fill(stream connectStream, win *window, lastSent *uint64) error
 	return nil
 }
 
+// taskUpdateBatch is how many task updates are read from the outbox at once.
+const taskUpdateBatch = 256
+
+// sendTaskUpdates sends every pending task update written after lastKey,
+// oldest first. Updates stay in the outbox until a TaskUpdateAck; a new
+// session sends all of them again.
+func (c *Client) sendTaskUpdates(stream connectStream, lastKey *uint64) error {
+	for {
+		es, err := c.cfg.DB.TaskUpdatesAfter(*lastKey, taskUpdateBatch)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			u := e.Update
+			if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_TaskUpdate{TaskUpdate: u}}); err != nil {
+				return fmt.Errorf("send task update %s (%s): %w", u.GetTaskId(), u.GetState(), err)
+			}
+			*lastKey = e.Key
+			c.taskUpdatesSent.Add(1)
+			c.log.Debug("sent task update", "task_id", u.GetTaskId(), "seq", u.GetSeq(), "state", u.GetState())
+		}
+		if len(es) < taskUpdateBatch {
+			return nil
+		}
+	}
+}
+
 // capBytes keeps the longest prefix of rs whose encoded size fits in max
 // bytes, and at least one result.
 func capBytes(rs []*agentv1.CheckResult, maxBytes int) []*agentv1.CheckResult {
@@ -289,6 +322,12 @@ func (c *Client) receive(stream connectStream, win *window) error {
 			} else {
 				c.log.Warn("task delivery ignored: this agent does not run tasks")
 			}
+		case *agentv1.ConnectResponse_TaskAck:
+			if err := c.cfg.DB.AckTaskUpdate(m.TaskAck.GetTaskId(), m.TaskAck.GetState()); err != nil {
+				return err
+			}
+			c.taskUpdatesAcked.Add(1)
+			c.log.Debug("task update acknowledged", "task_id", m.TaskAck.GetTaskId(), "state", m.TaskAck.GetState())
 		case *agentv1.ConnectResponse_HeartbeatAck:
 		case *agentv1.ConnectResponse_Welcome:
 			return errors.New("protocol error: second Welcome on one stream")

@@ -71,6 +71,12 @@ func (e *Enrollment) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*a
 	if !agentNameRe.MatchString(req.GetName()) {
 		return nil, status.Errorf(codes.InvalidArgument, "agent name %q: want 1-63 characters [A-Za-z0-9._-] starting with a letter or digit", req.GetName())
 	}
+	if strings.HasPrefix(req.GetName(), "agt-") {
+		return nil, status.Errorf(codes.InvalidArgument, "agent name %q: names may not start with \"agt-\", which marks agent ids", req.GetName())
+	}
+	if len(req.GetVersion()) > 64 {
+		return nil, status.Error(codes.InvalidArgument, "version: longer than 64 characters")
+	}
 	if err := ValidateLabels(req.GetLabels()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -78,8 +84,9 @@ func (e *Enrollment) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*a
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	certDER, err := e.CA.SignCSR(req.GetCsrDer(), id, pki.RoleAgent, e.AgentCertTTL)
-	if err != nil {
+	// Check the CSR cheaply first, consume the token, and only then make the
+	// CA sign: an unauthenticated caller never gets a signature.
+	if err := pki.CheckCSR(req.GetCsrDer()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "certificate request: %v", err)
 	}
 	now := e.Now()
@@ -105,6 +112,10 @@ func (e *Enrollment) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*a
 			return nil, status.Errorf(codes.AlreadyExists, "agent name %q is already enrolled: restart that agent with its existing data dir, or remove it with 'tendctl delete agent %s', or choose another --name", req.GetName(), req.GetName())
 		}
 		return nil, toStatus(err)
+	}
+	certDER, err := e.CA.SignCSR(req.GetCsrDer(), id, pki.RoleAgent, e.AgentCertTTL)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "sign certificate: %v", err)
 	}
 	e.Fleet.Add(a)
 	e.Log.Info("agent enrolled", "agent_id", id, "agent", a.Name, "token_id", tokenID)

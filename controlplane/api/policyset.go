@@ -24,6 +24,7 @@ type PolicySet struct {
 	// Log receives why a policy's check was not given to an agent (a label
 	// its tokens need is missing, or the substituted value is invalid).
 	Log        *slog.Logger
+	reload     sync.Mutex // one Reload at a time: a newer snapshot always wins
 	mu         sync.RWMutex
 	policies   []loadedPolicy
 	generation uint64
@@ -42,6 +43,8 @@ func NewPolicySet(st store.Store, log *slog.Logger) (*PolicySet, error) {
 
 // Reload re-reads every policy from the store.
 func (ps *PolicySet) Reload(st store.Store) error {
+	ps.reload.Lock()
+	defer ps.reload.Unlock()
 	stored, err := st.ListPolicies()
 	if err != nil {
 		return fmt.Errorf("load policies: %w", err)

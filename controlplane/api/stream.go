@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -93,7 +95,7 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if err := ValidateLabels(hello.GetLabels()); err != nil {
+	if err := ValidateHello(hello); err != nil {
 		return status.Error(codes.InvalidArgument, "hello: "+err.Error())
 	}
 
@@ -146,6 +148,8 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 
 	// Reader: bounded acks in flight give back-pressure to a fast agent.
 	inflight := make(chan struct{}, maxInFlightAcks)
+	// lastSeq chains batches: each must follow one that was stored.
+	lastSeq := counters.HighWater
 	readErr := make(chan error, 1)
 	go func() {
 		for {
@@ -155,7 +159,7 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 				return
 			}
 			h.Fleet.Seen(id.ID, h.Now())
-			if err := h.handle(sess, id.ID, m, inflight); err != nil {
+			if err := h.handle(sess, id.ID, m, inflight, &lastSeq); err != nil {
 				readErr <- err
 				return
 			}
@@ -184,7 +188,7 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}
 }
 
-func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectRequest, inflight chan struct{}) error {
+func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectRequest, inflight chan struct{}, lastSeq *uint64) error {
 	switch msg := m.GetMsg().(type) {
 	case *agentv1.ConnectRequest_Heartbeat:
 		h.Fleet.NoteDropped(agentID, msg.Heartbeat.GetOutboxDroppedTotal())
@@ -202,7 +206,9 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 		}
 		batchID := b.GetBatchId()
 		results := b.GetResults()
-		h.Ingest.SubmitAsync(store.ResultBatch{AgentID: agentID, Results: b.GetResults(), OutboxDropped: b.GetOutboxDroppedTotal()},
+		after := *lastSeq
+		*lastSeq = results[len(results)-1].GetSeq()
+		h.Ingest.SubmitAsync(store.ResultBatch{AgentID: agentID, Results: results, OutboxDropped: b.GetOutboxDroppedTotal(), After: after},
 			func(out store.CommitOutcome, err error) {
 				<-inflight
 				if err != nil {
@@ -241,6 +247,34 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 	return nil
 }
 
+// Results must be stamped between 2000 and 2200.
+const (
+	minResultTime = 946684800  // 2000-01-01
+	maxResultTime = 7258118400 // 2200-01-01
+)
+
+// ValidateHello checks the metadata an agent sends on connect.
+func ValidateHello(h *agentv1.Hello) error {
+	if err := ValidateLabels(h.GetLabels()); err != nil {
+		return err
+	}
+	if len(h.GetFacts()) > 64 {
+		return fmt.Errorf("too many facts: %d (max 64)", len(h.GetFacts()))
+	}
+	for k, v := range h.GetFacts() {
+		if len(k) > 63 || len(v) > 1024 || strings.ContainsAny(k+v, "\x00") {
+			return fmt.Errorf("fact %.63q: key over 63 or value over 1024 characters, or NUL", k)
+		}
+	}
+	if len(h.GetVersion()) > 64 {
+		return errors.New("version: longer than 64 characters")
+	}
+	if len(h.GetLocalChecks()) > 256 {
+		return fmt.Errorf("too many local checks: %d (max 256)", len(h.GetLocalChecks()))
+	}
+	return nil
+}
+
 // ValidateBatch checks a result batch from an agent (hostile input): size,
 // strictly increasing seq, sane check ids, capped output and metrics.
 func ValidateBatch(b *agentv1.ResultBatch) error {
@@ -266,6 +300,20 @@ func ValidateBatch(b *agentv1.ResultBatch) error {
 			return fmt.Errorf("result %d: %d metrics, max %d", i, len(r.GetMetrics()), MaxMetrics)
 		case r.GetStatus() == agentv1.CheckStatus_CHECK_STATUS_UNSPECIFIED:
 			return fmt.Errorf("result %d: status unspecified", i)
+		case agentv1.CheckStatus_name[int32(r.GetStatus())] == "":
+			return fmt.Errorf("result %d: unknown status %d", i, r.GetStatus())
+		case strings.ContainsRune(r.GetCheckId(), 0):
+			return fmt.Errorf("result %d: NUL in check id", i)
+		case r.GetStartedAt() != nil && (r.GetStartedAt().GetSeconds() < minResultTime || r.GetStartedAt().GetSeconds() > maxResultTime):
+			return fmt.Errorf("result %d: started_at %v out of range", i, r.GetStartedAt().AsTime())
+		}
+		for k, v := range r.GetMetrics() {
+			if k == "" || len(k) > 128 {
+				return fmt.Errorf("result %d: metric name empty or longer than 128", i)
+			}
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return fmt.Errorf("result %d: metric %s is not a finite number", i, k)
+			}
 		}
 		prev = r.GetSeq()
 	}

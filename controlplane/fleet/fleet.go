@@ -31,6 +31,9 @@ const (
 	DefaultGrace                  = 5 * time.Second
 	DefaultMaxHeartbeatsPerSecond = 2000
 	DefaultFlushInterval          = 30 * time.Second
+	// DefaultRestartGrace covers the agents' reconnect backoff (at most
+	// 120 s plus 20% jitter) after a control-plane restart.
+	DefaultRestartGrace = 150 * time.Second
 )
 
 // Config configures a Registry.
@@ -40,7 +43,11 @@ type Config struct {
 	Grace                  time.Duration
 	MaxHeartbeatsPerSecond float64
 	FlushInterval          time.Duration
-	Log                    *slog.Logger
+	// RestartGrace is how long agents that were connected before a
+	// control-plane restart have to reconnect before they are marked down
+	// (plus a random stagger of up to one TTL).
+	RestartGrace time.Duration
+	Log          *slog.Logger
 	// OnChange is called (without locks held) after an agent's status changes.
 	OnChange func(a store.Agent)
 }
@@ -52,8 +59,9 @@ type entry struct {
 	agent     store.Agent
 	session   *Session
 	timer     *time.Timer
-	dirty     bool // status/metadata changed: flush now
-	seenDirty bool // only lastSeen changed: flush on the next tick
+	deadline  time.Time // when the agent is down unless seen again
+	dirty     bool      // status/metadata changed: flush now
+	seenDirty bool      // only lastSeen changed: flush on the next tick
 }
 
 // Registry is the set of agents known to the control plane.
@@ -66,12 +74,15 @@ type Registry struct {
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	closed bool
+	ttl    time.Duration
+	ttlAt  time.Time
 }
 
 // New loads every agent from the store. Agents that were connected when the
-// control plane stopped are marked disconnected, and get a timer of TTL +
-// grace plus a random stagger of up to one TTL, so that a restart does not
-// mark the whole fleet down at once, nor make it reconnect at once.
+// control plane stopped are marked disconnected, and get
+// max(TTL + grace, RestartGrace) plus a random stagger of up to one TTL to
+// come back: long enough for their reconnect backoff, and spread so a
+// restart never marks the whole fleet down at once.
 func New(cfg Config) (*Registry, error) {
 	if cfg.MinTTL <= 0 {
 		cfg.MinTTL = DefaultMinTTL
@@ -84,6 +95,9 @@ func New(cfg Config) (*Registry, error) {
 	}
 	if cfg.FlushInterval <= 0 {
 		cfg.FlushInterval = DefaultFlushInterval
+	}
+	if cfg.RestartGrace <= 0 {
+		cfg.RestartGrace = DefaultRestartGrace
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -99,7 +113,14 @@ func New(cfg Config) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load agents: %w", err)
 	}
-	ttl := r.ttlFor(len(agents))
+	live := 0
+	for _, a := range agents {
+		if !a.Revoked {
+			live++
+		}
+	}
+	ttl := r.ttlFor(live)
+	window := max(ttl+cfg.Grace, cfg.RestartGrace)
 	for _, a := range agents {
 		e := &entry{agent: a}
 		r.agents[a.ID] = e
@@ -111,7 +132,7 @@ func New(cfg Config) (*Registry, error) {
 			e.dirty = true
 		}
 		stagger := time.Duration(rand.Int64N(int64(ttl)))
-		r.startTimerLocked(a.ID, e, ttl+cfg.Grace+stagger)
+		r.startTimerLocked(a.ID, e, window+stagger)
 	}
 	r.wg.Add(1)
 	go r.flusher()
@@ -128,11 +149,32 @@ func (r *Registry) ttlFor(n int) time.Duration {
 	return ttl
 }
 
+// liveLocked counts agents that are not revoked.
+func (r *Registry) liveLocked() int {
+	n := 0
+	for _, e := range r.agents {
+		if !e.agent.Revoked {
+			n++
+		}
+	}
+	return n
+}
+
 // TTL is the current heartbeat TTL.
 func (r *Registry) TTL() time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.ttlFor(len(r.agents))
+	return r.ttlLocked()
+}
+
+// ttlLocked caches the TTL for a second: counting is O(fleet).
+func (r *Registry) ttlLocked() time.Duration {
+	now := time.Now()
+	if now.Sub(r.ttlAt) > time.Second || r.ttl == 0 {
+		r.ttl = r.ttlFor(r.liveLocked())
+		r.ttlAt = now
+	}
+	return r.ttl
 }
 
 // Grace is added to the TTL before an agent is marked down.
@@ -142,6 +184,7 @@ func (r *Registry) Grace() time.Duration { return r.cfg.Grace }
 func (r *Registry) HeartbeatInterval() time.Duration { return r.TTL() / 2 }
 
 func (r *Registry) startTimerLocked(id string, e *entry, d time.Duration) {
+	e.deadline = time.Now().Add(d)
 	if e.timer != nil {
 		e.timer.Reset(d)
 		return
@@ -163,7 +206,10 @@ func (r *Registry) Add(a store.Agent) {
 	if _, ok := r.agents[a.ID]; ok {
 		return
 	}
-	r.agents[a.ID] = &entry{agent: a}
+	e := &entry{agent: a}
+	r.agents[a.ID] = e
+	// An agent that enrolls but never connects becomes down in time too.
+	r.startTimerLocked(a.ID, e, r.ttlLocked()+r.cfg.Grace)
 }
 
 // Get returns a copy of the agent.
@@ -255,19 +301,17 @@ func (r *Registry) Attach(id string, s *Session, hello *agentv1.Hello, now time.
 	e.agent.Status = store.StatusConnected
 	e.agent.LastSeen = now
 	if hello != nil {
-		if hello.GetLabels() != nil {
-			e.agent.Labels = cloneMap(hello.GetLabels())
-		}
-		if hello.GetFacts() != nil {
-			e.agent.Facts = cloneMap(hello.GetFacts())
-		}
+		// Hello is authoritative: an agent restarted without a label
+		// loses it (an empty map arrives as nil).
+		e.agent.Labels = cloneMap(hello.GetLabels())
+		e.agent.Facts = cloneMap(hello.GetFacts())
 		e.agent.Version = hello.GetVersion()
 		if d := hello.GetOutboxDroppedTotal(); d > e.agent.OutboxDropped {
 			e.agent.OutboxDropped = d
 		}
 	}
 	e.dirty = true
-	r.startTimerLocked(id, e, r.ttlFor(len(r.agents))+r.cfg.Grace)
+	r.startTimerLocked(id, e, r.ttlLocked()+r.cfg.Grace)
 	a := copyAgent(e.agent)
 	r.mu.Unlock()
 	if old != nil {
@@ -308,7 +352,7 @@ func (r *Registry) Seen(id string, now time.Time) {
 	}
 	e.agent.LastSeen = now
 	e.seenDirty = true
-	r.startTimerLocked(id, e, r.ttlFor(len(r.agents))+r.cfg.Grace)
+	r.startTimerLocked(id, e, r.ttlLocked()+r.cfg.Grace)
 }
 
 // NoteDropped records the agent's outbox drop counter.
@@ -325,6 +369,15 @@ func (r *Registry) expire(id string) {
 	r.mu.Lock()
 	e, ok := r.agents[id]
 	if !ok || r.closed || e.agent.Revoked || e.agent.Status == store.StatusDown {
+		r.mu.Unlock()
+		return
+	}
+	// The timer may have fired while Seen or Attach held the lock and reset
+	// it: if the agent was seen within the window, this firing is stale.
+	if left := time.Until(e.deadline); left > 0 {
+		d := e.deadline
+		r.startTimerLocked(id, e, left)
+		e.deadline = d
 		r.mu.Unlock()
 		return
 	}
@@ -366,6 +419,9 @@ func (r *Registry) Revoke(nameOrID string, now time.Time) (store.Agent, error) {
 		s.Close(ErrRevoked)
 	}
 	if err := r.cfg.Store.PutAgents([]store.Agent{a}); err != nil {
+		r.mu.Lock()
+		e.dirty = true // the flusher retries: a revocation must not be lost
+		r.mu.Unlock()
 		return a, fmt.Errorf("persist revocation: %w", err)
 	}
 	r.changed(a)

@@ -33,7 +33,7 @@ func enroll(t *testing.T, st store.Store, r *Registry, id, name string) {
 
 func newRegistry(t *testing.T, st store.Store, ttl, grace time.Duration) *Registry {
 	t.Helper()
-	r, err := New(Config{Store: st, MinTTL: ttl, Grace: grace, FlushInterval: 50 * time.Millisecond})
+	r, err := New(Config{Store: st, MinTTL: ttl, Grace: grace, FlushInterval: 50 * time.Millisecond, RestartGrace: ttl + grace})
 	require.NoError(t, err)
 	t.Cleanup(r.Stop)
 	return r
@@ -141,4 +141,29 @@ func TestRestartMarksConnectedAgentsDisconnectedThenDown(t *testing.T) {
 	require.Equal(t, store.StatusDisconnected, status(r, "a1"))
 	// TTL + grace + stagger (< TTL): down within 250ms; allow slack.
 	require.Eventually(t, func() bool { return status(r, "a1") == store.StatusDown }, 3*time.Second, 10*time.Millisecond)
+}
+
+// A timer that fires while a heartbeat is being recorded must not mark the
+// agent down.
+func TestStaleTimerFiringIsIgnored(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, time.Minute, time.Second)
+	enroll(t, st, r, "a1", "web-1")
+	s := NewSession(context.Background(), "a1", 4)
+	_, err := r.Attach("a1", s, &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	r.expire("a1") // as if the old timer fired just after a reset
+	require.Equal(t, store.StatusConnected, status(r, "a1"))
+	require.NoError(t, s.Context().Err())
+}
+
+func TestHelloReplacesLabels(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, time.Minute, time.Second)
+	enroll(t, st, r, "a1", "web-1")
+	_, err := r.Attach("a1", NewSession(context.Background(), "a1", 4), &agentv1.Hello{Labels: map[string]string{"role": "web"}}, time.Now())
+	require.NoError(t, err)
+	a, err := r.Attach("a1", NewSession(context.Background(), "a1", 4), &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	require.Empty(t, a.Labels, "an agent restarted without labels must lose them")
 }

@@ -23,8 +23,10 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"tend.dev/tend/controlplane/api"
+	"tend.dev/tend/controlplane/dispatch"
 	"tend.dev/tend/controlplane/fleet"
 	"tend.dev/tend/controlplane/ingest"
+	"tend.dev/tend/controlplane/remediation"
 	"tend.dev/tend/controlplane/store"
 	"tend.dev/tend/controlplane/store/bolt"
 	"tend.dev/tend/internal/adminconf"
@@ -68,6 +70,8 @@ type Server struct {
 	fleet    *fleet.Registry
 	ingest   *ingest.Committer
 	policies *PolicySetHandle
+	remed    *remediation.Manager
+	webhook  *dispatch.Webhook
 	grpc     *grpc.Server
 	http     *http.Server
 	lis      net.Listener
@@ -155,6 +159,22 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
+	s.webhook = dispatch.NewWebhook(log.With("component", "webhook"))
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "tend_remediation_latency_seconds",
+		Help:    "Latency of remediation steps (trigger_to_task_running: from the result that completed a trigger reaching the control plane to the agent reporting the task running).",
+		Buckets: []float64{.005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
+	}, []string{"step"})
+	s.reg.MustRegister(latency)
+	s.remed = remediation.New(remediation.Config{
+		Store: st, Fleet: s.fleet, Policies: s.policies, Signer: signing, Webhook: s.webhook,
+		Log: log.With("component", "remediation"),
+		Observe: func(step string, d time.Duration) {
+			latency.WithLabelValues(step).Observe(d.Seconds())
+			log.Info("remediation latency", "step", step, "latency", d)
+		},
+	})
+
 	serverCert, err := ca.IssueServerCert(s.serverNames(), ServerCertTTL)
 	if err != nil {
 		cleanup()
@@ -184,7 +204,7 @@ func New(cfg Config) (*Server, error) {
 		Log: log.With("component", "enroll"), Now: now,
 	})
 	agentv1.RegisterAgentServiceServer(s.grpc, &api.Stream{
-		Store: st, Fleet: s.fleet, Ingest: s.ingest, Policies: s.policies,
+		Store: st, Fleet: s.fleet, Ingest: s.ingest, Policies: s.policies, Remediation: s.remed,
 		Log: log.With("component", "stream"), Now: now, Streams: streams,
 	})
 	adminv1.RegisterAdminServiceServer(s.grpc, &api.Admin{
@@ -281,6 +301,9 @@ func (s *Server) CA() *pki.CA { return s.ca }
 
 // Run serves until ctx is done, then shuts down gracefully.
 func (s *Server) Run(ctx context.Context) error {
+	if err := s.remed.Start(); err != nil {
+		return err
+	}
 	s.ingest.Start()
 	errc := make(chan error, 2)
 	s.wg.Add(1)
@@ -327,6 +350,8 @@ func (s *Server) shutdown() {
 		cancel()
 	}
 	s.ingest.Stop()
+	s.remed.Stop()
+	s.webhook.Stop()
 	s.wg.Wait()
 	if err := s.store.Close(); err != nil {
 		s.log.Error("close store", "err", err)

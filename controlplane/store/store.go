@@ -19,6 +19,9 @@ var (
 	ErrTokenUsedUp  = errors.New("join token already used")
 	ErrNameTaken    = errors.New("agent name already enrolled")
 	ErrRevoked      = errors.New("agent revoked")
+	// ErrGap refuses a result batch whose predecessor on the same stream
+	// was not stored.
+	ErrGap = errors.New("an earlier batch was not stored")
 	// ErrExists is returned when a record with the same id already exists
 	// (an agent id, even of a revoked agent, or a token id).
 	ErrExists = errors.New("already exists")
@@ -84,6 +87,12 @@ type ResultBatch struct {
 	// OutboxDropped is the agent's running count of results its outbox
 	// dropped; stored on the agent record when it grows.
 	OutboxDropped uint64
+	// After is the last seq of the batch sent before this one on the same
+	// stream (or the high-water mark the stream started from). A batch is
+	// refused (CommitOutcome.Err wraps ErrGap) if the stored high-water
+	// mark is below it: then an earlier batch failed and the agent must
+	// resend from its first unacknowledged result.
+	After uint64
 }
 
 // CommitOutcome is what CommitResults did with one batch.

@@ -193,6 +193,23 @@ func (ca *CA) IssueServerCert(hosts []string, ttl time.Duration) (tls.Certificat
 // commonName with role as its OU. The CSR's own subject is ignored: the
 // identity is always the one the control plane chooses.
 func (ca *CA) SignCSR(csrDER []byte, commonName, role string, ttl time.Duration) ([]byte, error) {
+	csr, err := parseCSR(csrDER)
+	if err != nil {
+		return nil, err
+	}
+	return ca.issueClient(csr.PublicKey, commonName, role, ttl)
+}
+
+// CheckCSR checks a DER CSR (format, signature, key type) without signing.
+func CheckCSR(csrDER []byte) error {
+	_, err := parseCSR(csrDER)
+	return err
+}
+
+func parseCSR(csrDER []byte) (*x509.CertificateRequest, error) {
+	if len(csrDER) > 16<<10 {
+		return nil, fmt.Errorf("CSR of %d bytes is too large", len(csrDER))
+	}
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
 		return nil, fmt.Errorf("parse CSR: %w", err)
@@ -209,7 +226,7 @@ func (ca *CA) SignCSR(csrDER []byte, commonName, role string, ttl time.Duration)
 	default:
 		return nil, fmt.Errorf("CSR key: type %T not allowed (use ECDSA P-256 or Ed25519)", csr.PublicKey)
 	}
-	return ca.issueClient(csr.PublicKey, commonName, role, ttl)
+	return csr, nil
 }
 
 // IssueClientCert creates a key and a client certificate (PEM) for the

@@ -16,6 +16,9 @@ func PinnedTLSConfig(pin, serverName string) *tls.Config {
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // replaced by the pin check below
 		VerifyConnection: func(cs tls.ConnectionState) error {
+			if serverName == "" {
+				return errors.New("no server name to verify the control plane's certificate against: give --server as HOST:PORT")
+			}
 			if len(cs.PeerCertificates) < 2 {
 				return errors.New("control plane sent no CA certificate in its chain; cannot check the CA pin")
 			}

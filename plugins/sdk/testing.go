@@ -13,11 +13,10 @@ import (
 // are closed when the test ends.
 func TestClient(t testing.TB, impl Action) *Client {
 	t.Helper()
-	client, server := plugin.TestPluginGRPCConn(t, false, VersionedPlugins(impl)[ProtocolVersion])
-	t.Cleanup(func() {
-		_ = client.Close()
-		server.Stop()
-	})
+	// Closing the client asks the server to shut down (go-plugin's
+	// controller), which stops it.
+	client, _ := plugin.TestPluginGRPCConn(t, false, VersionedPlugins(impl)[ProtocolVersion])
+	t.Cleanup(func() { _ = client.Close() })
 	raw, err := client.Dispense(PluginName)
 	if err != nil {
 		t.Fatalf("sdk.TestClient: dispense: %v", err)

@@ -184,7 +184,10 @@ func issues(iss *cel.Issues) string {
 			b.WriteString("; ")
 		}
 		msg := strings.Replace(firstLine(e.Message), " (in container '')", "", 1)
-		fmt.Fprintf(&b, "%d:%d: %s", e.Location.Line(), e.Location.Column()+1, msg)
+		if e.Location.Line() > 0 {
+			fmt.Fprintf(&b, "%d:%d: ", e.Location.Line(), e.Location.Column()+1)
+		}
+		b.WriteString(msg)
 		switch {
 		case strings.HasPrefix(e.Message, "undefined field"):
 			b.WriteString(" (result has " + resultFields + ")")

@@ -68,3 +68,31 @@ func BenchmarkCommitResults(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCreateTask: one op is one CreateTask (one transaction, one fsync
+// unless nosync) with a trivial seal, round-robin over 100 agents that each
+// have an open incident.
+func BenchmarkCreateTask(b *testing.B) {
+	const agents = 100
+	for _, mode := range []struct {
+		name   string
+		noSync bool
+	}{{"fsync", false}, {"nosync", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			s := testStore(b, Options{NoSync: mode.noSync})
+			ids := make([]string, agents)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("agent-%04d", i)
+				require.NoError(b, s.CreateIncident(incident("inc-"+ids[i], ids[i], "web", t0)))
+			}
+			now := time.Now()
+			b.ResetTimer()
+			for i := range b.N {
+				a := ids[i%agents]
+				if _, err := s.CreateTask(task(fmt.Sprintf("task-%d", i), "inc-"+a, a, now), seal); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -96,6 +96,14 @@ func (s *Store) commitBatch(t txn, b store.ResultBatch, enc [][]byte, now time.T
 	if err != nil {
 		return out, err
 	}
+	if c.highWater < b.After {
+		// An earlier batch of this stream was not stored (its commit
+		// failed): storing this one would move the high-water mark past
+		// the missing results and they would be skipped as duplicates.
+		out.Err = fmt.Errorf("results of agent %q: %w: high-water mark %d is below %d, the last seq of the previous batch", b.AgentID, store.ErrGap, c.highWater, b.After)
+		out.AckedThrough = c.highWater
+		return out, nil
+	}
 	for j, r := range b.Results {
 		if r.GetSeq() <= c.highWater {
 			out.Duplicates++
