@@ -30,13 +30,14 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultBatchMax          = 500
-	DefaultBatchMaxBytes     = 1 << 20
-	DefaultMaxInFlight       = 4
-	DefaultWelcomeTimeout    = 30 * time.Second
-	DefaultAckTimeout        = 2 * time.Minute
-	DefaultPollInterval      = time.Second
-	DefaultHeartbeatInterval = 10 * time.Second // when Welcome does not say
+	DefaultBatchMax           = 500
+	DefaultBatchMaxBytes      = 1 << 20
+	DefaultMaxInFlight        = 4
+	DefaultWelcomeTimeout     = 30 * time.Second
+	DefaultAckTimeout         = 2 * time.Minute
+	DefaultPollInterval       = time.Second
+	DefaultHeartbeatInterval  = 10 * time.Second // when Welcome does not say
+	DefaultTaskResendInterval = 30 * time.Second
 )
 
 // minHeartbeatInterval guards against a Welcome with a tiny interval.
@@ -83,6 +84,10 @@ type Config struct {
 	// the session is ended and everything unacknowledged is resent on the
 	// next one (default 2m).
 	AckTimeout time.Duration
+	// TaskResendInterval: a task update sent and not acknowledged for this
+	// long is sent again, with every later one, on the same session
+	// (default 30s).
+	TaskResendInterval time.Duration
 	// PollInterval is how often the sender looks at the outbox when Notify
 	// is not called (default 1s).
 	PollInterval time.Duration
@@ -106,6 +111,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AckTimeout <= 0 {
 		c.AckTimeout = DefaultAckTimeout
+	}
+	if c.TaskResendInterval <= 0 {
+		c.TaskResendInterval = DefaultTaskResendInterval
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = DefaultPollInterval

@@ -166,15 +166,15 @@ func recvError(err error) error {
 
 // sendLoop is the only goroutine that sends on the stream after Welcome.
 func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window, recvErr <-chan error, hb time.Duration) error {
-	var lastSent uint64    // every session starts from the first unacked result
-	var lastTaskKey uint64 // ... and from the first unacked task update
+	var lastSent uint64                             // every session starts from the first unacked result
+	tasks := &taskSends{at: map[uint64]time.Time{}} // ... and from the first unacked task update
 	hbTimer := time.NewTimer(c.jitter(hb))
 	defer hbTimer.Stop()
 	poll := time.NewTicker(c.cfg.PollInterval)
 	defer poll.Stop()
 	for {
 		// Task updates first: they are few and someone is waiting for them.
-		if err := c.sendTaskUpdates(stream, &lastTaskKey); err != nil {
+		if err := c.sendTaskUpdates(stream, tasks); err != nil {
 			return err
 		}
 		if err := c.fill(stream, win, &lastSent); err != nil {
@@ -259,12 +259,39 @@ func (c *Client) fill(stream connectStream, win *window, lastSent *uint64) error
 // taskUpdateBatch is how many task updates are read from the outbox at once.
 const taskUpdateBatch = 256
 
-// sendTaskUpdates sends every pending task update written after lastKey,
-// oldest first. Updates stay in the outbox until a TaskUpdateAck; a new
-// session sends all of them again.
-func (c *Client) sendTaskUpdates(stream connectStream, lastKey *uint64) error {
+// taskSends tracks the task updates sent in one session.
+type taskSends struct {
+	last uint64               // outbox key of the last update sent
+	at   map[uint64]time.Time // when each unacknowledged update was sent
+}
+
+// sendTaskUpdates sends every pending task update written after the last one
+// sent, oldest first. Updates stay in the outbox until a TaskUpdateAck; a new
+// session sends all of them again, and so does this one when the oldest
+// has waited TaskResendInterval for its ack (the control plane does not ack
+// an update it could not record).
+func (c *Client) sendTaskUpdates(stream connectStream, ts *taskSends) error {
+	oldest, err := c.cfg.DB.TaskUpdatesAfter(0, 1)
+	if err != nil {
+		return err
+	}
+	if len(oldest) == 0 {
+		clear(ts.at)
+		return nil
+	}
+	for k := range ts.at {
+		if k < oldest[0].Key {
+			delete(ts.at, k) // acknowledged
+		}
+	}
+	if sentAt, ok := ts.at[oldest[0].Key]; ok && time.Since(sentAt) > c.cfg.TaskResendInterval {
+		c.log.Warn("task updates not acknowledged in time; sending them again",
+			"task_id", oldest[0].Update.GetTaskId(), "state", oldest[0].Update.GetState(), "waited", time.Since(sentAt).Round(time.Millisecond))
+		ts.last = 0
+		clear(ts.at)
+	}
 	for {
-		es, err := c.cfg.DB.TaskUpdatesAfter(*lastKey, taskUpdateBatch)
+		es, err := c.cfg.DB.TaskUpdatesAfter(ts.last, taskUpdateBatch)
 		if err != nil {
 			return err
 		}
@@ -273,7 +300,8 @@ func (c *Client) sendTaskUpdates(stream connectStream, lastKey *uint64) error {
 			if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_TaskUpdate{TaskUpdate: u}}); err != nil {
 				return fmt.Errorf("send task update %s (%s): %w", u.GetTaskId(), u.GetState(), err)
 			}
-			*lastKey = e.Key
+			ts.last = e.Key
+			ts.at[e.Key] = time.Now()
 			c.taskUpdatesSent.Add(1)
 			c.log.Debug("sent task update", "task_id", u.GetTaskId(), "seq", u.GetSeq(), "state", u.GetState())
 		}

@@ -101,3 +101,23 @@ func TestHelloCarriesTaskHighWater(t *testing.T) {
 	defer cp.mu.Unlock()
 	require.Equal(t, uint64(42), cp.hellos[len(cp.hellos)-1].GetTaskSeqHighWater())
 }
+
+func TestTaskUpdatesResentOnSameSessionWithoutAck(t *testing.T) {
+	// The control plane could not record the update and did not ack it:
+	// the agent sends it again without reconnecting.
+	cp := newFakeCP(t)
+	cp.set(func(f *fakeCP) { f.holdTaskAcks = true })
+	h := start(t, cp, func(c *Config) { c.TaskResendInterval = 50 * time.Millisecond })
+	require.Eventually(t, h.c.Connected, waitFor, tick)
+	putTaskUpdate(t, h, "t1", tsRunning)
+	putTaskUpdate(t, h, "t1", tsSucceeded)
+	require.Eventually(t, func() bool { return len(cp.receivedTaskUpdates()) >= 4 }, waitFor, tick)
+	got := cp.receivedTaskUpdates()
+	require.Equal(t, []string{"t1/TASK_STATE_RUNNING", "t1/TASK_STATE_SUCCEEDED", "t1/TASK_STATE_RUNNING", "t1/TASK_STATE_SUCCEEDED"}, got[:4])
+	require.Zero(t, h.c.Stats().Reconnects)
+
+	cp.set(func(f *fakeCP) { f.holdTaskAcks = false })
+	require.Eventually(t, func() bool { return h.taskUpdatesPending() == 0 }, waitFor, tick)
+	n := len(cp.receivedTaskUpdates())
+	require.Never(t, func() bool { return len(cp.receivedTaskUpdates()) > n }, 150*time.Millisecond, tick, "acked: never sent again")
+}

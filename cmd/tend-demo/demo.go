@@ -31,13 +31,16 @@ type demo struct {
 	keep     bool
 	out      io.Writer
 
-	tmp   string
-	procs []*exec.Cmd
-	start time.Time
+	tmp    string
+	procs  []*exec.Cmd
+	start  time.Time
+	tmpfs  bool     // spools are tmpfs mounts (needs root)
+	mounts []string // to unmount at cleanup
+	hosts  []*demoAgent
 }
 
 type demoAgent struct {
-	name, zone, svcAddr, dir, pidfile, dataDir string
+	name, zone, svcAddr, dir, pidfile, dataDir, spool string
 }
 
 func (d *demo) logf(format string, args ...any) {
@@ -100,6 +103,8 @@ func (d *demo) cleanup() {
 			_ = p.Process.Kill()
 		}
 	}
+	d.stopServices()
+	d.stopServices()
 	if d.keep {
 		fmt.Fprintf(d.out, "demo: logs and data kept in %s\n", d.tmp)
 		return
@@ -174,46 +179,12 @@ func (d *demo) steps(ctx context.Context) error {
 	tok = strings.TrimSpace(tok)
 	d.logf("join token created (3 uses, 10m): %s…", tok[:12])
 
-	zones := []string{"a", "b", "c"}
-	var agents []demoAgent
-	for i, zone := range zones {
-		addr, err := freePort()
+	var agents []*demoAgent
+	for i, zone := range []string{"a", "b", "c"} {
+		a, err := d.startHost(ctx, i+1, zone, cpAddr, tok)
 		if err != nil {
 			return err
 		}
-		// Each demo "host" has its own directory: the service's pidfile and
-		// a spool area the disk policy watches.
-		dir := filepath.Join(d.tmp, fmt.Sprintf("host-%d", i+1))
-		a := demoAgent{
-			name:    fmt.Sprintf("demo-%d", i+1),
-			zone:    zone,
-			svcAddr: addr,
-			dir:     dir,
-			pidfile: filepath.Join(dir, "service.pid"),
-			dataDir: filepath.Join(dir, "agent-data"),
-		}
-		if err := os.MkdirAll(filepath.Join(dir, "spool"), 0o755); err != nil {
-			return err
-		}
-		if _, err := d.spawn("tend-demo-service@"+a.name, "--listen", addr, "--pidfile", a.pidfile, "--name", a.name); err != nil {
-			return err
-		}
-		if err := waitHTTP(ctx, "http://"+addr+"/healthz", 10*time.Second); err != nil {
-			return err
-		}
-		if err := os.MkdirAll(a.dataDir, 0o700); err != nil {
-			return err
-		}
-		cfg := filepath.Join(a.dataDir, "agent.yaml")
-		if err := os.WriteFile(cfg, []byte(agentYAML(a)), 0o644); err != nil {
-			return err
-		}
-		labels := fmt.Sprintf("role=web,zone=%s,app=demo,demo_addr=%s,demo_dir=%s", a.zone, a.svcAddr, a.dir)
-		if _, err := d.spawn("tend-agent@"+a.name, "--server", cpAddr, "--token", tok, "--config", cfg,
-			"--data-dir", a.dataDir, "--name", a.name, "--labels", labels); err != nil {
-			return err
-		}
-		d.logf("agent %s (role=web, zone=%s) started, watching demo service %s", a.name, zone, addr)
 		agents = append(agents, a)
 	}
 
@@ -238,14 +209,8 @@ func (d *demo) steps(ctx context.Context) error {
 	}
 	defer closeFn()
 
-	// The live view. Midway, the demo breaks demo-2's health endpoint on
-	// purpose and shows Tend detect it, then repairs it by hand (automatic
-	// remediation arrives with the remediation work).
-	victim := agents[len(agents)/2]
-	end := time.Now().Add(d.watch)
-	var lastAgents []*adminv1.Agent
-	var lastChecks []*adminv1.CheckState
-	var failedAt, detectedAt, recoveredAt, rendered time.Time
+	// Wait for a healthy fleet: every agent connected, every check ok.
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		ar, err1 := client.ListAgents(cctx, &adminv1.ListAgentsRequest{})
@@ -254,35 +219,13 @@ func (d *demo) steps(ctx context.Context) error {
 		if err := errors.Join(err1, err2); err != nil {
 			return err
 		}
-		lastAgents, lastChecks = ar.GetAgents(), cr.GetChecks()
-		if time.Since(rendered) >= 3*time.Second {
-			d.render(lastAgents, lastChecks)
-			rendered = time.Now()
-		}
-		httpState := checkStatus(lastChecks, victim.name, "demo-http")
-		switch {
-		case failedAt.IsZero() && allOK(lastChecks, len(agents)):
-			if err := post(ctx, "http://"+victim.svcAddr+"/fail"); err != nil {
-				return err
-			}
-			failedAt = time.Now()
-			d.logf("breaking %s on purpose: its health endpoint now answers 503", victim.name)
-		case !failedAt.IsZero() && detectedAt.IsZero() && httpState == agentv1.CheckStatus_CHECK_STATUS_CRITICAL:
-			detectedAt = time.Now()
-			d.logf("detected: %s/demo-http is critical, %.1fs after the failure", victim.name, detectedAt.Sub(failedAt).Seconds())
-			if err := post(ctx, "http://"+victim.svcAddr+"/recover"); err != nil {
-				return err
-			}
-			d.logf("repaired %s by hand (automatic remediation comes with the remediation work)", victim.name)
-		case !detectedAt.IsZero() && recoveredAt.IsZero() && httpState == agentv1.CheckStatus_CHECK_STATUS_OK:
-			recoveredAt = time.Now()
-			d.logf("recovered: %s/demo-http is ok again, %.1fs after the repair", victim.name, recoveredAt.Sub(detectedAt).Seconds())
-		}
-		if !recoveredAt.IsZero() && time.Now().After(end) {
+		if allOK(cr.GetChecks(), len(agents)) {
+			d.render(ar.GetAgents(), cr.GetChecks())
 			break
 		}
-		if time.Now().After(end.Add(30 * time.Second)) {
-			return fmt.Errorf("the injected failure was not detected and recovered in time")
+		if time.Now().After(deadline) {
+			d.render(ar.GetAgents(), cr.GetChecks())
+			return errors.New("the fleet did not become healthy within 30s")
 		}
 		select {
 		case <-ctx.Done():
@@ -290,40 +233,138 @@ func (d *demo) steps(ctx context.Context) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	d.render(lastAgents, lastChecks)
 
-	connected := 0
-	for _, a := range lastAgents {
-		if a.GetStatus() == adminv1.AgentStatus_AGENT_STATUS_CONNECTED {
-			connected++
+	// Break things on purpose, one per host.
+	fmt.Fprintln(d.out)
+	injected := map[string]time.Time{}
+	if err := d.killService(agents[0]); err != nil {
+		return err
+	}
+	injected[agents[0].name] = time.Now()
+	d.logf("FAILURE 1: killed %s's demo service with SIGKILL (pid from %s)", agents[0].name, agents[0].pidfile)
+	if d.tmpfs {
+		used, err := fillSpool(agents[1])
+		if err != nil {
+			return err
+		}
+		injected[agents[1].name] = time.Now()
+		d.logf("FAILURE 2: filled %s's spool (a 4 MiB tmpfs) to %.0f%% with *.log files", agents[1].name, used)
+	}
+	if err := post(ctx, "http://"+agents[2].svcAddr+"/fail"); err != nil {
+		return err
+	}
+	injected[agents[2].name] = time.Now()
+	d.logf("FAILURE 3: made %s's health endpoint answer 503", agents[2].name)
+	want := len(injected)
+
+	// Follow the incidents until each is resolved or escalated.
+	seen := map[string]string{}
+	var incs []*adminv1.Incident
+	deadline = time.Now().Add(90 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		ir, err := client.ListIncidents(cctx, &adminv1.ListIncidentsRequest{})
+		cancel()
+		if err != nil {
+			return err
+		}
+		incs = ir.GetIncidents()
+		closed := 0
+		for _, inc := range incs {
+			if seen[inc.GetId()] != inc.GetState() {
+				seen[inc.GetId()] = inc.GetState()
+				d.logf("incident %s on %s (%s): %s — %s", inc.GetId(), inc.GetAgent(), inc.GetPolicy(), inc.GetState(), firstLine(inc.GetReason(), 110))
+			}
+			if inc.GetState() == "resolved" || inc.GetState() == "escalated" {
+				closed++
+			}
+		}
+		if len(incs) >= want && closed == len(incs) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d incidents closed after 90s", closed, len(incs))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	reporting := map[string]bool{}
-	ok := 0
-	for _, c := range lastChecks {
-		reporting[c.GetAgentName()] = true
-		if c.GetLast().GetStatus() == agentv1.CheckStatus_CHECK_STATUS_OK {
-			ok++
+
+	// The story of each incident, with latencies.
+	sort.Slice(incs, func(i, j int) bool { return incs[i].GetOpenedAt().AsTime().Before(incs[j].GetOpenedAt().AsTime()) })
+	resolved := 0
+	var toStart []time.Duration
+	for _, inc := range incs {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		full, err := client.GetIncident(cctx, &adminv1.GetIncidentRequest{Id: inc.GetId()})
+		cancel()
+		if err != nil {
+			return err
+		}
+		d.printTimeline(full.GetIncident(), injected[inc.GetAgent()], &toStart)
+		if full.GetIncident().GetState() == "resolved" {
+			resolved++
 		}
 	}
-	fmt.Fprintf(d.out, "demo: %d/%d agents connected and reporting, %d/%d checks ok, injected failure detected in %.1fs\n",
-		connected, len(agents), ok, len(lastChecks), detectedAt.Sub(failedAt).Seconds())
-	if connected != len(agents) || len(reporting) != len(agents) || ok != len(lastChecks) {
-		return fmt.Errorf("%d of %d agents connected, %d reporting", connected, len(agents), len(reporting))
+	fmt.Fprintln(d.out)
+	if len(toStart) > 0 {
+		sort.Slice(toStart, func(i, j int) bool { return toStart[i] < toStart[j] })
+		fmt.Fprintf(d.out, "latency, trigger completed → task running on the agent: min %s, median %s, max %s (n=%d)\n",
+			toStart[0].Round(100*time.Microsecond), toStart[len(toStart)/2].Round(100*time.Microsecond), toStart[len(toStart)-1].Round(100*time.Microsecond), len(toStart))
+	}
+	fmt.Fprintf(d.out, "demo: %d/%d incidents remediated and verified\n", resolved, len(incs))
+	if resolved != len(incs) || len(incs) < want {
+		return fmt.Errorf("%d of %d incidents were not remediated", len(incs)-resolved, len(incs))
 	}
 	return nil
 }
 
-// agentYAML is each demo host's own agent.yaml: one local check, which runs
-// whatever the control plane assigns.
-func agentYAML(a demoAgent) string {
-	return `# written by tend-demo
-checks:
-  - name: root-disk
-    type: disk
-    interval: 5s
-    disk: {path: /, maxUsedPercent: 99}
-`
+// printTimeline prints one incident's timeline with offsets from the
+// injected failure.
+func (d *demo) printTimeline(inc *adminv1.Incident, injectedAt time.Time, toStart *[]time.Duration) {
+	fmt.Fprintf(d.out, "\n── incident %s: %s on %s → %s ──\n", inc.GetId(), inc.GetPolicy(), inc.GetAgent(), strings.ToUpper(inc.GetState()))
+	tw := tabwriter.NewWriter(d.out, 2, 4, 2, ' ', 0)
+	var detected time.Time
+	for _, e := range inc.GetTimeline() {
+		at := e.GetAt().AsTime()
+		rel := ""
+		if !injectedAt.IsZero() {
+			rel = fmt.Sprintf("+%.3fs", at.Sub(injectedAt).Seconds())
+		}
+		switch e.GetKind() {
+		case "detected":
+			if detected.IsZero() {
+				detected = at
+			}
+		case "started":
+			if !detected.IsZero() {
+				*toStart = append(*toStart, at.Sub(detected))
+				detected = time.Time{}
+			}
+		}
+		msg := e.GetMessage()
+		if e.GetRule() != "" {
+			msg = "[" + e.GetRule() + "] " + msg
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", rel, e.GetKind(), firstLine(msg, 120))
+	}
+	tw.Flush()
+	if !injectedAt.IsZero() && inc.GetResolvedAt() != nil {
+		fmt.Fprintf(d.out, "  failure → %s: %.2fs\n", inc.GetState(), inc.GetResolvedAt().AsTime().Sub(injectedAt).Seconds())
+	}
+}
+
+func firstLine(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > n {
+		s = s[:n-1] + "…"
+	}
+	return s
 }
 
 func (d *demo) tendctl(ctx context.Context, conf string, args ...string) (string, error) {

@@ -105,7 +105,7 @@ func TestApply(t *testing.T) {
 	// A directory, and several -f.
 	r = runCLI(t, nil, "", "--config", conf, "apply", "-f", exampleFile(""), "-f", p)
 	require.Equal(t, 0, r.code, r.stderr)
-	require.Equal(t, "policy/demo-http created\npolicy/demo-process created\npolicy/demo-disk created\npolicy/disk-root-full created\npolicy/web-nginx-down created\npolicy/tcp-db configured\n", r.stdout)
+	require.Equal(t, "policy/demo-process created\npolicy/demo-http created\npolicy/demo-disk created\npolicy/disk-root-full created\npolicy/web-nginx-down created\npolicy/tcp-db configured\n", r.stdout)
 
 	// --dry-run is passed on.
 	r = runCLI(t, nil, "", "--config", conf, "apply", "--dry-run", "-f", p)

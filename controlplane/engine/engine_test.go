@@ -177,14 +177,14 @@ func TestObserveSequences(t *testing.T) {
 			// nothing triggers until the percent falls to 24.5% < 25 at
 			// result 30: then normal evaluation resumes and triggers.
 			name: "flapping starts above 50%, suppresses the trigger, stops below 25%", failures: 5, window: 5,
-			seq:    "OCOCOCOCOCOCOCOC" + "CCCCCCCCCCCCCCCCC",
-			phases: "HFFFFFFFFXXXXXXX" + "XXXXXXXXXXXXXTTTT",
+			seq:      "OCOCOCOCOCOCOCOC" + "CCCCCCCCCCCCCCCCC",
+			phases:   "HFFFFFFFFXXXXXXX" + "XXXXXXXXXXXXXTTTT",
 			triggers: "................" + ".............^...",
 		},
 		{
 			name: "flapping over a triggered state, back to triggered when it stops", failures: 1, window: 1,
-			seq:    "COCOCOCOCOCOCOCO" + "OOOOOOOOOOOOOOOOO",
-			phases: "TTTTTTTTTXXXXXXX" + "XXXXXXXXXXXXXTTTT",
+			seq:      "COCOCOCOCOCOCOCO" + "OOOOOOOOOOOOOOOOO",
+			phases:   "TTTTTTTTTXXXXXXX" + "XXXXXXXXXXXXXTTTT",
 			triggers: "^..............." + ".................",
 		},
 		{
@@ -528,5 +528,37 @@ func TestStatusName(t *testing.T) {
 		agentv1.CheckStatus(99):                      "unknown",
 	} {
 		require.Equal(t, want, StatusName(st))
+	}
+}
+
+// A new policy version may change the window; the state carries over.
+func TestWindowChangeKeepsHistory(t *testing.T) {
+	crit, ok := agentv1.CheckStatus_CHECK_STATUS_CRITICAL, agentv1.CheckStatus_CHECK_STATUS_OK
+	tests := []struct {
+		name                 string
+		before               string
+		fBefore, wBefore     int
+		fAfter, wAfter       int
+		next                 agentv1.CheckStatus
+		wantFailures, wantOf int
+		wantTrigger          bool
+	}{
+		{name: "grow: older results count again", before: "CCCOOOO", fBefore: 4, wBefore: 5, fAfter: 4, wAfter: 10, next: crit, wantFailures: 4, wantOf: 8, wantTrigger: true},
+		{name: "shrink: only the newest count", before: "CCCCOO", fBefore: 5, wBefore: 10, fAfter: 2, wAfter: 3, next: crit, wantFailures: 1, wantOf: 3},
+		{name: "grow beyond what was seen", before: "CC", fBefore: 3, wBefore: 3, fAfter: 3, wAfter: 50, next: ok, wantFailures: 2, wantOf: 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r1 := mustCompile(t, tt.fBefore, tt.wBefore, "")
+			var s State
+			for i := 0; i < len(tt.before); i++ {
+				require.False(t, r1.Observe(&s, &agentv1.CheckResult{Seq: uint64(i + 1), Status: statusOf[tt.before[i]]}, nil, t0).Trigger)
+			}
+			r2 := mustCompile(t, tt.fAfter, tt.wAfter, "")
+			d := r2.Observe(&s, &agentv1.CheckResult{Seq: 100, Status: tt.next}, nil, t0)
+			require.Equal(t, tt.wantFailures, d.Failures)
+			require.Equal(t, tt.wantOf, d.Results)
+			require.Equal(t, tt.wantTrigger, d.Trigger)
+		})
 	}
 }

@@ -3,7 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
-	"strings"
+	"strconv"
 	"time"
 
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
@@ -53,18 +53,18 @@ func (r *Rule) Observe(s *State, res *agentv1.CheckResult, labels map[string]str
 func (r *Rule) ObserveContext(ctx context.Context, s *State, res *agentv1.CheckResult, labels map[string]string, now time.Time) Decision {
 	prev := s.CurrentPhase()
 	if res == nil {
-		return Decision{Phase: prev, Flapping: s.Flapping, Ignored: true, Results: s.N, Failures: s.failures(r.Window), Reason: "ignored: no result"}
+		return Decision{Phase: prev, Flapping: s.Flapping, Ignored: true, Results: s.results(r.Window), Failures: s.failures(r.Window), Reason: "ignored: no result"}
 	}
 	if res.GetSeq() <= s.LastSeq {
 		return Decision{
-			Phase: prev, Flapping: s.Flapping, Ignored: true, Results: s.N, Failures: s.failures(r.Window),
+			Phase: prev, Flapping: s.Flapping, Ignored: true, Results: s.results(r.Window), Failures: s.failures(r.Window),
 			Reason: fmt.Sprintf("ignored: result seq %d is not above the last seen seq %d", res.GetSeq(), s.LastSeq),
 		}
 	}
 	s.LastSeq, s.LastAt = res.GetSeq(), now
 
 	failed, passed, evalErr := r.Classify(ctx, res, labels)
-	s.push(failed, r.Window)
+	s.push(failed)
 	s.pushHistory(failed)
 
 	d := Decision{Failed: failed, Passed: passed, FlapPercent: s.FlapPercent()}
@@ -78,7 +78,7 @@ func (r *Rule) ObserveContext(ctx context.Context, s *State, res *agentv1.CheckR
 		s.Flapping = false
 	}
 	d.Flapping = s.Flapping
-	d.Failures, d.Results = s.failures(r.Window), s.N
+	d.Failures, d.Results = s.failures(r.Window), s.results(r.Window)
 	if !s.Triggered && !s.Flapping && d.Failures >= r.Failures {
 		s.Triggered, d.Trigger = true, true
 	}
@@ -103,37 +103,73 @@ func (r *Rule) ObserveContext(ctx context.Context, s *State, res *agentv1.CheckR
 	return d
 }
 
-// reason explains a decision in one line.
+// reason explains a decision in one line. It appends into one buffer (one
+// allocation) since it runs for every result.
 func (r *Rule) reason(s *State, d *Decision, wasFlapping bool) string {
-	var b strings.Builder
-	count := fmt.Sprintf("%d of the last %d results failed", d.Failures, d.Results)
+	var buf [192]byte
+	b := buf[:0]
 	switch {
 	case d.Flapping && !wasFlapping:
-		fmt.Fprintf(&b, "flapping started: %.0f%% state change over the last %d results (above %.0f%%)", d.FlapPercent, FlapHistory, r.Flap.High)
+		b = append(b, "flapping started: "...)
+		b = appendPercent(b, d.FlapPercent)
+		b = append(b, " state change over the last "...)
+		b = strconv.AppendInt(b, FlapHistory, 10)
+		b = append(b, " results (above "...)
+		b = appendPercent(b, r.Flap.High)
+		b = append(b, ")"...)
 	case d.Flapping:
-		fmt.Fprintf(&b, "flapping: %.0f%% state change (stops below %.0f%%)", d.FlapPercent, r.Flap.Low)
+		b = append(b, "flapping: "...)
+		b = appendPercent(b, d.FlapPercent)
+		b = append(b, " state change (stops below "...)
+		b = appendPercent(b, r.Flap.Low)
+		b = append(b, ")"...)
 	case wasFlapping:
-		fmt.Fprintf(&b, "flapping stopped: %.0f%% state change (below %.0f%%); ", d.FlapPercent, r.Flap.Low)
+		b = append(b, "flapping stopped: "...)
+		b = appendPercent(b, d.FlapPercent)
+		b = append(b, " state change (below "...)
+		b = appendPercent(b, r.Flap.Low)
+		b = append(b, "); "...)
 	}
 	switch {
 	case d.Flapping:
-		b.WriteString("; " + count)
+		b = append(b, "; "...)
+		b = appendCount(b, d)
 		if !s.Triggered && d.Failures >= r.Failures {
-			b.WriteString(", not triggering while flapping")
+			b = append(b, ", not triggering while flapping"...)
 		}
-	case d.Trigger:
-		fmt.Fprintf(&b, "%s (trigger: %d of %d)", count, r.Failures, r.Window)
-	case s.Triggered:
-		verdict := "did not pass"
+	case s.Triggered && !d.Trigger:
+		b = append(b, "triggered, waiting for a verified recovery: this result "...)
 		if d.Passed {
-			verdict = "passed"
+			b = append(b, "passed; "...)
+		} else {
+			b = append(b, "did not pass; "...)
 		}
-		fmt.Fprintf(&b, "triggered, waiting for a verified recovery: this result %s; %s", verdict, count)
+		b = appendCount(b, d)
 	default:
-		fmt.Fprintf(&b, "%s (trigger: %d of %d)", count, r.Failures, r.Window)
+		b = appendCount(b, d)
+		b = append(b, " (trigger: "...)
+		b = strconv.AppendInt(b, int64(r.Failures), 10)
+		b = append(b, " of "...)
+		b = strconv.AppendInt(b, int64(r.Window), 10)
+		b = append(b, ")"...)
 	}
 	if d.EvalError != "" {
-		b.WriteString("; counted as not failed: " + d.EvalError)
+		b = append(b, "; counted as not failed: "...)
+		b = append(b, d.EvalError...)
 	}
-	return b.String()
+	return string(b)
+}
+
+// appendCount appends "3 of the last 5 results failed".
+func appendCount(b []byte, d *Decision) []byte {
+	b = strconv.AppendInt(b, int64(d.Failures), 10)
+	b = append(b, " of the last "...)
+	b = strconv.AppendInt(b, int64(d.Results), 10)
+	return append(b, " results failed"...)
+}
+
+// appendPercent appends a percent rounded to a whole number: "62%".
+func appendPercent(b []byte, p float64) []byte {
+	b = strconv.AppendFloat(b, p, 'f', 0, 64)
+	return append(b, '%')
 }

@@ -18,7 +18,9 @@ const FlapHistory = 21
 type State struct {
 	// Bits holds the last results of the window (up to 128).
 	Bits [2]uint64 `json:"bits"`
-	// N is how many results the window holds, at most the rule's window.
+	// N is how many results Bits holds (at most 128); the window is the
+	// last min(N, window) of them, so a policy whose window grows keeps the
+	// history it has.
 	N int `json:"n,omitempty"`
 	// History holds the last FlapHistory results for flap detection, and
 	// HistoryLen how many it holds. Unlike the window it survives a reset:
@@ -66,16 +68,19 @@ func (s *State) ResetAfterVerifiedRecovery() {
 	}
 }
 
-// push shifts one result into the window of size w (1..128).
-func (s *State) push(failed bool, w int) {
+// push shifts one result into the window.
+func (s *State) push(failed bool) {
 	var b uint64
 	if failed {
 		b = 1
 	}
 	s.Bits[1] = s.Bits[1]<<1 | s.Bits[0]>>63
 	s.Bits[0] = s.Bits[0]<<1 | b
-	s.N = min(s.N+1, w)
+	s.N = min(s.N+1, maxWindow)
 }
+
+// results is how many results the window of size w holds.
+func (s *State) results(w int) int { return min(s.N, w) }
 
 // failures counts the failed results among the last w.
 func (s *State) failures(w int) int {

@@ -78,6 +78,11 @@ func (p *Params) unknown(problems []string) []string {
 	return problems
 }
 
+// Present reports whether p holds an object: false for the Params that
+// Object returns when the parameter is missing or not an object (the
+// problem is already recorded).
+func (p *Params) Present() bool { return p != nil && p.m != nil }
+
 // Has reports whether the parameter is present (and marks it as known).
 func (p *Params) Has(name string) bool {
 	p.known[name] = true

@@ -40,7 +40,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/tend-controlplane", "./cmd/tend-agent", "./cmd/tendctl", "./cmd/tend-demo-service")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/tend-controlplane", "./cmd/tend-agent", "./cmd/tendctl", "./cmd/tend-demo-service",
+		"./plugins/process/cmd/tend-plugin-process", "./plugins/service/cmd/tend-plugin-service",
+		"./plugins/disk/cmd/tend-plugin-disk", "./plugins/exec/cmd/tend-plugin-exec")
 	cmd.Dir = root
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
