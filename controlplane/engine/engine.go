@@ -47,7 +47,7 @@ import (
 	"fmt"
 	"strings"
 
-	"tend.dev/tend/controlplane/engine/when"
+	"tend.dev/tend/internal/when"
 	"tend.dev/tend/internal/policy"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
@@ -105,7 +105,7 @@ type Rule struct {
 // "spec.trigger.when: invalid expression ...".
 //
 // internal/policy cannot import this package (it imports internal/policy);
-// it can call tend.dev/tend/controlplane/engine/when.Validate, which this
+// it can call tend.dev/tend/internal/when.Validate, which this
 // function is.
 func ValidateWhen(expr string) error { return when.Validate(expr) }
 

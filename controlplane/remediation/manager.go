@@ -432,33 +432,25 @@ func (m *Manager) attempt(tr *track) {
 		m.escalate(tr, "the policy was deleted while the incident was open")
 		return
 	}
-	rem := p.Spec.Remediation
-	if rem == nil {
+	if p.Spec.Remediation == nil {
 		m.escalate(tr, "the policy has no remediation: a person must look")
 		return
 	}
 	now := m.cfg.Now()
-	limits := p.Spec.Limits
-	maxConc, maxHour := 0, 0
-	if limits != nil {
-		maxConc = limits.MaxConcurrent.Limit(m.cfg.Policies.MatchedCount(p.Name(), m.cfg.Fleet.List()))
-		maxHour = limits.MaxPerHour
+	matched := m.cfg.Policies.MatchedCount(p.Name(), m.cfg.Fleet.List())
+	in := governor.FromPolicy(p, matched)
+	in.Now = now
+	if a, ok := m.cfg.Fleet.Get(tr.key.agent); ok {
+		in.Agent = a.Name
 	}
-	in := governor.Input{
-		Now:             now,
-		Mode:            p.Spec.Mode,
-		RequireApproval: rem.RequireApproval,
-		Attempts:        tr.inc.Attempts,
-		MaxAttempts:     rem.MaxAttempts,
-		LastAttemptEnd:  tr.lastEnd,
-		Backoff:         rem.Backoff.D(),
-		LastResolved:    tr.resolved,
-		Cooldown:        rem.Cooldown.D(),
-		Running:         m.running[p.Name()],
-		MaxConcurrent:   maxConc,
-		StartedLastHour: m.hourWindow(p.Name()).Count(now),
-		MaxPerHour:      maxHour,
-	}
+	in.Attempts = tr.inc.Attempts
+	in.LastAttemptEnd = tr.lastEnd
+	in.LastResolved = tr.resolved
+	in.Flapping = tr.state.Flapping
+	in.Running = m.running[p.Name()]
+	hw := m.hourWindow(p.Name())
+	in.StartedLastHour = hw.Count(now)
+	in.PerHourFreeAt = hw.FreeAt(now, in.MaxPerHour)
 	dec := governor.Decide(in)
 	if dec.Escalate {
 		m.escalate(tr, dec.Reason)

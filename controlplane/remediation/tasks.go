@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"tend.dev/tend/controlplane/governor"
 	"tend.dev/tend/controlplane/store"
 	"tend.dev/tend/internal/policy"
 	"tend.dev/tend/internal/task"
@@ -267,6 +268,7 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 	}
 	tr.task = nil
 	tr.lastEnd = now
+	m.wakeWaiting(t.Policy, tr)
 	p, _, ok := m.cfg.Policies.Lookup(t.Policy)
 	switch state {
 	case store.TaskSucceeded:
@@ -335,4 +337,17 @@ func (m *Manager) resolve(tr *track, why string) {
 	tr.inc = nil
 	tr.task = nil
 	tr.passes = 0
+}
+
+// wakeWaiting gives incidents of the policy that wait for a free slot
+// (max_concurrent) a new chance now that a task has finished.
+func (m *Manager) wakeWaiting(pol string, except *track) {
+	for _, tr := range m.tracks {
+		if tr == except || tr.key.policy != pol || tr.inc == nil || tr.task != nil || tr.inc.State != store.IncidentSuppressed {
+			continue
+		}
+		if last := lastEvent(tr.inc); last.Rule == governor.RuleMaxConcurrent || last.Rule == governor.RuleFleetMaxConcurrent {
+			m.attempt(tr)
+		}
+	}
 }

@@ -83,3 +83,9 @@ spec:
 	_, err = ps[0].CheckSpecFor(1, map[string]string{"dir": "relative/path"})
 	require.ErrorContains(t, err, "not an absolute path")
 }
+
+func TestBadWhenIsRefusedWithItsField(t *testing.T) {
+	doc := tokenPolicy + "  trigger:\n    when: 'result.stauts == \"critical\"'\n"
+	_, err := Parse("w.yaml", []byte(doc))
+	require.ErrorContains(t, err, "w.yaml:11: spec.trigger.when")
+}

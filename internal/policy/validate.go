@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"tend.dev/tend/internal/when"
 )
 
 var (
@@ -284,6 +286,11 @@ func (d *docDecoder) validateTrigger(t *Trigger) {
 	}
 	if window > MaxWindow {
 		d.add(base+".failures", "must be at most %d (the largest window), got %d", MaxWindow, failures)
+	}
+	if strings.TrimSpace(t.When) != "" {
+		if err := when.Validate(t.When); err != nil {
+			d.add(base+".when", "%v", err)
+		}
 	}
 }
 
