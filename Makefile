@@ -10,6 +10,8 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
 BINARIES := tend-controlplane tend-agent tendctl tend-demo tend-demo-service
+# Action plugins: one binary each, tend-plugin-<name>.
+PLUGINS := $(wildcard plugins/*/cmd/tend-plugin-*)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X tend.dev/tend/internal/version.Version=$(VERSION)
 # Test timeout: the e2e suite includes a 30 s control-plane outage.
@@ -24,7 +26,7 @@ deps:
 
 build:
 	@mkdir -p bin
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINARIES))
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINARIES)) $(addprefix ./,$(PLUGINS))
 
 # The whole suite: vet, gofmt, unit and integration tests under -race, and
 # the e2e tests against the real binaries.

@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,10 +22,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"tend.dev/tend/agent/checks"
+	"tend.dev/tend/agent/config"
 	"tend.dev/tend/agent/identity"
+	"tend.dev/tend/agent/pluginhost"
 	"tend.dev/tend/agent/scheduler"
 	"tend.dev/tend/agent/state"
 	"tend.dev/tend/agent/stream"
+	"tend.dev/tend/agent/tasks"
+	"tend.dev/tend/internal/task"
 	"tend.dev/tend/internal/version"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
@@ -42,17 +47,27 @@ type Config struct {
 	LocalChecks []*agentv1.CheckSpec
 	OutboxMax   int
 	MaxBackoff  time.Duration
-	Log         *slog.Logger
+	// Actions is the host's allow-list (agent.yaml actions:); absent
+	// actions are denied.
+	Actions map[string]config.ActionRule
+	// PluginDir holds the tend-plugin-* binaries; they are catalogued with
+	// their SHA-256 at start, and a binary changed afterwards is refused.
+	PluginDir string
+	Log       *slog.Logger
 }
 
 // Agent is a running tend-agent.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	db     *state.DB
-	id     *identity.Identity
-	sched  *scheduler.Scheduler
-	client *stream.Client
+	cfg     Config
+	log     *slog.Logger
+	db      *state.DB
+	id      *identity.Identity
+	sched   *scheduler.Scheduler
+	client  *stream.Client
+	allow   tasks.AllowList
+	host    *pluginhost.Host
+	runner  *tasks.Runner
+	plugins []string
 
 	mu         sync.Mutex
 	assigned   []*agentv1.CheckSpec
@@ -71,6 +86,19 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log}
+	allow, err := tasks.NewAllowList(cfg.Actions)
+	if err != nil {
+		return nil, fmt.Errorf("agent.yaml actions: %w", err)
+	}
+	a.allow = allow
+	cat := pluginhost.Catalog{}
+	if cfg.PluginDir != "" {
+		if cat, err = pluginhost.LoadCatalog(cfg.PluginDir); err != nil {
+			return nil, fmt.Errorf("plugin dir: %w", err)
+		}
+	}
+	a.host = pluginhost.New(cat, cfg.Log.With("component", "pluginhost"))
+	a.plugins = cat.Names()
 	db, err := state.Open(filepath.Join(cfg.DataDir, StateFile), state.Options{OutboxMax: cfg.OutboxMax})
 	if err != nil {
 		return nil, err
@@ -235,6 +263,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		DB:           a.db,
 		Hello:        a.hello,
 		OnAssignment: a.onAssignment,
+		OnTask:       func(d *agentv1.TaskDelivery) { a.runner.Deliver(d) },
 		// Generations only order assignments within one stream: a
 		// control plane restarted with another clock starts afresh.
 		OnWelcome: func(*agentv1.Welcome) {
@@ -242,9 +271,23 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.generation = 0
 			a.mu.Unlock()
 		},
-		Backoff:      bo,
-		Log:          a.cfg.Log,
+		Backoff: bo,
+		Log:     a.cfg.Log,
 	})
+	a.runner = tasks.New(tasks.Config{
+		DB:      a.db,
+		AgentID: a.id.AgentID(),
+		// Read for every task: keys rotated in by a renewal apply at once.
+		Keys:   func() map[string]ed25519.PublicKey { return task.KeyMap(a.id.SigningKeys()) },
+		Allow:  a.allow,
+		Exec:   a.host,
+		Notify: a.client.NotifyTasks,
+		Log:    a.log.With("component", "tasks"),
+	})
+	a.runner.Start()
+	defer a.host.Close()
+	defer a.runner.Stop()
+
 	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"))
 	defer a.sched.Stop()
 
@@ -260,7 +303,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); a.renewLoop(ctx) }()
-	a.log.Info("agent running", "server", a.cfg.Server, "local_checks", len(a.cfg.LocalChecks), "assigned_checks", len(a.assigned))
+	a.log.Info("agent running", "server", a.cfg.Server, "local_checks", len(a.cfg.LocalChecks), "assigned_checks", len(a.assigned),
+		"allowed_actions", a.allow.Actions(), "plugins", a.plugins)
 	err := a.client.Run(ctx)
 	wg.Wait()
 	if errors.Is(err, context.Canceled) {

@@ -131,6 +131,8 @@ func run() int {
 		LocalChecks: specs,
 		OutboxMax:   cfg.OutboxMax,
 		MaxBackoff:  time.Duration(cfg.MaxBackoff),
+		Actions:     cfg.Actions,
+		PluginDir:   cfg.PluginDir,
 		Log:         log,
 	})
 	if err != nil {

@@ -27,7 +27,6 @@ import (
 type demo struct {
 	binDir   string
 	examples string
-	watch    time.Duration
 	keep     bool
 	out      io.Writer
 
@@ -103,7 +102,6 @@ func (d *demo) cleanup() {
 			_ = p.Process.Kill()
 		}
 	}
-	d.stopServices()
 	d.stopServices()
 	if d.keep {
 		fmt.Fprintf(d.out, "demo: logs and data kept in %s\n", d.tmp)

@@ -1,7 +1,9 @@
 // Command tend-demo runs Tend's demo on this machine: a control plane and
 // three agents on loopback, each with its own data dir and labels, each
-// watching a small demo service; it applies the example policies and shows
-// the fleet and its check states live, then cleans up.
+// watching a small demo service. It applies the demo policies, breaks one
+// thing on each host (kills the service, fills a 4 MiB tmpfs, makes the
+// health endpoint fail), prints the timeline of every incident as Tend
+// detects, remediates and verifies it, and exits 0 only if all were fixed.
 package main
 
 import (
@@ -12,13 +14,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 )
 
 func main() {
 	binDir := flag.String("bin-dir", "bin", "directory holding the built binaries")
 	examples := flag.String("examples", "deploy/examples", "directory of example policies to apply")
-	watch := flag.Duration("watch", 12*time.Second, "how long to show the live view")
 	keep := flag.Bool("keep", false, "keep the temporary directory (logs, data dirs) afterwards")
 	flag.Parse()
 
@@ -29,7 +29,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
-	d := &demo{binDir: abs, examples: *examples, watch: *watch, keep: *keep, out: os.Stdout}
+	d := &demo{binDir: abs, examples: *examples, keep: *keep, out: os.Stdout}
 	code := d.run(ctx)
 	os.Exit(code)
 }

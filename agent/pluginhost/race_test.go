@@ -1,0 +1,5 @@
+//go:build race
+
+package pluginhost
+
+func init() { raceEnabled = true }
