@@ -330,6 +330,9 @@ func (h *Host) Execute(ctx context.Context, action string, params *structpb.Stru
 	if timeout <= 0 {
 		return nil, fmt.Errorf("%s: the task timeout must be positive, got %s", action, timeout)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s: not started: %w", action, err)
+	}
 	inst, err := h.instanceFor(action)
 	if err != nil {
 		return nil, err
@@ -351,6 +354,9 @@ func (h *Host) Execute(ctx context.Context, action string, params *structpb.Stru
 // Validate asks the plugin serving action whether params are valid. An
 // error wrapping sdk.ErrInvalidParams says what is wrong with them.
 func (h *Host) Validate(ctx context.Context, action string, params *structpb.Struct) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: not validated: %w", action, err)
+	}
 	inst, err := h.instanceFor(action)
 	if err != nil {
 		return err

@@ -106,7 +106,7 @@ func newHost(t *testing.T, dir string) (*Host, *syncBuffer) {
 	h := New(cat, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	t.Cleanup(func() {
 		h.Close()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("TEND_TEST_SHOW_LOG") != "" {
 			t.Logf("host log:\n%s", logs.String())
 		}
 	})
