@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -287,6 +289,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runner.Start()
 	defer a.host.Close()
 	defer a.runner.Stop()
+	go a.warmPlugins()
 
 	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"))
 	defer a.sched.Stop()
@@ -316,3 +319,28 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // CertSerial is the serial of the agent's current certificate.
 func (a *Agent) CertSerial() string { return a.id.Serial() }
+
+// warmPlugins starts the plugins of the allowed actions in the background,
+// so that the first remediation does not wait for a plugin to launch, and a
+// plugin that is missing or changed since it was catalogued shows up in the
+// log at start rather than during an incident.
+func (a *Agent) warmPlugins() {
+	seen := map[string]bool{}
+	for _, action := range a.allow.Actions() {
+		name, _, _ := strings.Cut(action, ".")
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		if !slices.Contains(a.plugins, name) {
+			a.log.Warn("allowed action has no plugin", "action", action, "plugin_dir", a.cfg.PluginDir)
+			continue
+		}
+		d, err := a.host.Describe(name)
+		if err != nil {
+			a.log.Warn("plugin does not start", "plugin", name, "err", err)
+			continue
+		}
+		a.log.Info("plugin ready", "plugin", name, "version", d.GetVersion(), "actions", len(d.GetActions()))
+	}
+}

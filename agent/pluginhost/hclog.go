@@ -42,6 +42,12 @@ func slogLevel(l hclog.Level) (slog.Level, bool) {
 }
 
 func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
+	// go-plugin says this at Error whenever a plugin's process ends,
+	// including when the host kills it on purpose; the host logs crashes
+	// and kills itself.
+	if msg == "plugin process exited" && level > hclog.Warn {
+		level = hclog.Warn
+	}
 	l, ok := slogLevel(level)
 	if !ok || !h.log.Enabled(context.Background(), l) {
 		return

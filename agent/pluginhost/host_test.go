@@ -407,18 +407,27 @@ func TestCloseKillsEveryPlugin(t *testing.T) {
 	h, _ := newHost(t, "")
 	ctx := context.Background()
 	var wg sync.WaitGroup
+	errs := make(chan error, 5)
 	for i := range 4 {
+		p := params(t, map[string]any{"argv": []any{"/bin/echo", strconv.Itoa(i)}})
 		wg.Go(func() {
-			resp, err := h.Execute(ctx, "exec.run", params(t, map[string]any{"argv": []any{"/bin/echo", strconv.Itoa(i)}}), "t", 10*time.Second)
-			require.NoError(t, err)
-			require.True(t, resp.GetSuccess())
+			resp, err := h.Execute(ctx, "exec.run", p, "t", 10*time.Second)
+			if err == nil && !resp.GetSuccess() {
+				err = errors.New(resp.GetOutput())
+			}
+			errs <- err
 		})
 	}
+	p := params(t, map[string]any{"text": "x"})
 	wg.Go(func() {
-		_, err := h.Execute(ctx, "crashtest.echo", params(t, map[string]any{"text": "x"}), "t", 10*time.Second)
-		require.NoError(t, err)
+		_, err := h.Execute(ctx, "crashtest.echo", p, "t", 10*time.Second)
+		errs <- err
 	})
 	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
 	pids := []int{pidOf(h, "exec"), pidOf(h, "crashtest")}
 	for _, pid := range pids {
 		require.NotZero(t, pid)

@@ -305,10 +305,11 @@ func TestNeverSignalsProtectedProcesses(t *testing.T) {
 		res = execute(t, ActionRestart, map[string]any{"match": map[string]any{"pidfile": pidfile}, "command": []any{"/bin/true"}})
 		require.False(t, res.Success, "pid %d", pid)
 	}
-	// By name, the plugin's own process is left alone.
+	// By name, the plugin's own process is left alone. (CONT: harmless to
+	// any other process that happens to have the same name.)
 	self, err := procFS{root: "/proc"}.stat(os.Getpid())
 	require.NoError(t, err)
-	res := execute(t, ActionKill, map[string]any{"match": map[string]any{"name": self.Comm}, "signal": "STOP"})
+	res := execute(t, ActionKill, map[string]any{"match": map[string]any{"name": self.Comm}, "signal": "CONT"})
 	require.True(t, res.Success, res.Output)
 	require.Contains(t, res.Output, "left alone protected pid(s) "+strconv.Itoa(os.Getpid()))
 }
