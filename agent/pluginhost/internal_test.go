@@ -81,6 +81,7 @@ func TestHCLogger(t *testing.T) {
 	n.Log(hclog.Error, "bad")
 	n.Named("stdio").Warn("w")
 	n.StandardLogger(nil).Print("std line")
+	n.Error("plugin process exited", "error", "signal: killed")
 	out := buf.String()
 	require.NotContains(t, out, "hidden")
 	require.Contains(t, out, `level=INFO msg=hello logger=tend-plugin-disk k=v a=1 extra=odd`)
@@ -88,6 +89,7 @@ func TestHCLogger(t *testing.T) {
 	require.Contains(t, out, `level=ERROR msg=bad logger=tend-plugin-disk k=v`)
 	require.Contains(t, out, `logger=tend-plugin-disk.stdio`)
 	require.Contains(t, out, `line="std line"`)
+	require.Contains(t, out, `level=WARN msg="plugin process exited"`)
 	require.Equal(t, "x", n.ResetNamed("x").Name())
 	require.Equal(t, []any{"k", "v"}, n.ImpliedArgs())
 }

@@ -23,9 +23,13 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // testServer starts a control plane on a loopback port and returns it with
 // an admin client; both are stopped at cleanup.
-func testServer(t *testing.T, dataDir string) (*Server, adminv1.AdminServiceClient) {
+func testServer(t testing.TB, dataDir string, opts ...func(*Config)) (*Server, adminv1.AdminServiceClient) {
 	t.Helper()
-	s, err := New(Config{DataDir: dataDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Log: quiet})
+	cfg := Config{DataDir: dataDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Log: quiet}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := New(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -151,8 +151,8 @@ func TestTimeoutKillsTheGroup(t *testing.T) {
 	pidfile := filepath.Join(dir, "grandchild.pid")
 	start := time.Now()
 	// The shell starts a grandchild and waits; both must die at the deadline.
-	res := execute(t, 700*time.Millisecond, "/bin/sh", "-c", "/bin/sleep 300 & echo $! > "+pidfile+"; wait")
-	require.Less(t, time.Since(start), 5*time.Second)
+	res := execute(t, 2*time.Second, "/bin/sh", "-c", "/bin/sleep 300 & echo $! > "+pidfile+"; wait")
+	require.Less(t, time.Since(start), 10*time.Second)
 	require.False(t, res.Success)
 	require.Equal(t, 1.0, res.Metrics["timed_out"])
 	require.Contains(t, res.Output, "did not finish before the deadline")
@@ -172,10 +172,9 @@ func TestLeftoversAreKilledAtExit(t *testing.T) {
 	// One that keeps the output pipe open is killed as soon as the command
 	// exits, without waiting for the pipe.
 	pidfile2 := filepath.Join(dir, "bg2.pid")
-	start := time.Now()
 	res = execute(t, 20*time.Second, "/bin/sh", "-c", "/bin/sleep 300 & echo $! > "+pidfile2)
 	require.True(t, res.Success, res.Output)
-	require.Less(t, time.Since(start), waitDelay)
+	require.NotContains(t, res.Output, "kept its output open")
 	bg2 := readPid(t, pidfile2)
 	require.Eventually(t, func() bool { return !alive(bg2) }, 5*time.Second, 20*time.Millisecond)
 
