@@ -47,8 +47,8 @@ import (
 	"fmt"
 	"strings"
 
-	"tend.dev/tend/internal/when"
 	"tend.dev/tend/internal/policy"
+	"tend.dev/tend/internal/when"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
 
