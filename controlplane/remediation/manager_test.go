@@ -1,0 +1,285 @@
+package remediation
+
+import (
+	"context"
+	"crypto/ed25519"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"tend.dev/tend/controlplane/fleet"
+	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/controlplane/store/bolt"
+	"tend.dev/tend/internal/pki"
+	"tend.dev/tend/internal/policy"
+	"tend.dev/tend/internal/task"
+	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+	taskv1 "tend.dev/tend/proto/tend/task/v1"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+type fakePolicies struct{ ps map[string]*policy.Policy }
+
+func (f fakePolicies) Lookup(name string) (*policy.Policy, uint64, bool) {
+	p, ok := f.ps[name]
+	return p, 1, ok
+}
+
+func (f fakePolicies) MatchedCount(name string, agents []store.Agent) int {
+	n := 0
+	for _, a := range agents {
+		if f.ps[name].Matches(a.Labels) {
+			n++
+		}
+	}
+	return n
+}
+
+// harness is a manager over a real store and fleet registry, with agents
+// attached through in-memory sessions: tasks sent to an agent are read from
+// its session queue, and its results and task updates are fed by the test.
+type harness struct {
+	t        *testing.T
+	st       store.Store
+	fleet    *fleet.Registry
+	m        *Manager
+	key      *pki.SigningKey
+	sessions map[string]*fleet.Session
+	seq      map[string]uint64
+}
+
+func newHarness(t *testing.T, policyYAML string, agents ...string) *harness {
+	t.Helper()
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "tend.db"), bolt.Options{NoSync: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	reg, err := fleet.New(fleet.Config{Store: st, MinTTL: time.Minute, Log: quiet})
+	require.NoError(t, err)
+	t.Cleanup(reg.Stop)
+	ps, err := policy.Parse("p.yaml", []byte(policyYAML))
+	require.NoError(t, err)
+	fp := fakePolicies{ps: map[string]*policy.Policy{}}
+	for _, p := range ps {
+		fp.ps[p.Name()] = p
+	}
+	key, _, err := pki.LoadOrCreateSigningKey(filepath.Join(t.TempDir(), "k"))
+	require.NoError(t, err)
+	h := &harness{t: t, st: st, fleet: reg, key: key, sessions: map[string]*fleet.Session{}, seq: map[string]uint64{}}
+	for _, id := range agents {
+		require.NoError(t, st.CreateToken(store.Token{ID: "t" + id, SecretHash: []byte("h"), ExpiresAt: time.Now().Add(time.Hour), Uses: 1}))
+		a := store.Agent{ID: id, Name: id, Labels: map[string]string{"role": "web"}, EnrolledAt: time.Now()}
+		require.NoError(t, st.EnrollAgent("t"+id, []byte("h"), time.Now(), a))
+		reg.Add(a)
+		s := fleet.NewSession(context.Background(), id, 64)
+		_, err := reg.Attach(id, s, &agentv1.Hello{Labels: map[string]string{"role": "web"}}, time.Now())
+		require.NoError(t, err)
+		h.sessions[id] = s
+	}
+	h.m = New(Config{Store: st, Fleet: reg, Policies: fp, Signer: key, Log: quiet})
+	require.NoError(t, h.m.Start())
+	t.Cleanup(h.m.Stop)
+	return h
+}
+
+func (h *harness) result(agent, check string, status agentv1.CheckStatus) {
+	h.seq[agent]++
+	h.m.OnResults(agent, []*agentv1.CheckResult{{Seq: h.seq[agent], CheckId: check, Status: status, StartedAt: timestamppb.Now()}})
+}
+
+// task waits for a task delivered to the agent and opens it like the agent.
+func (h *harness) task(agent string) *taskv1.Task {
+	h.t.Helper()
+	select {
+	case m := <-h.sessions[agent].Out():
+		env := m.GetTask().GetEnvelope()
+		require.NotNil(h.t, env, "expected a task, got %v", m)
+		tk, err := task.OpenTask(env, map[string]ed25519.PublicKey{h.key.ID: h.key.Pub})
+		require.NoError(h.t, err)
+		require.Equal(h.t, agent, tk.GetAgentId())
+		return tk
+	case <-time.After(5 * time.Second):
+		h.t.Fatalf("no task for %s", agent)
+	}
+	return nil
+}
+
+func (h *harness) noTask(agent string) {
+	h.t.Helper()
+	select {
+	case m := <-h.sessions[agent].Out():
+		h.t.Fatalf("unexpected message to %s: %v", agent, m)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func (h *harness) update(agent string, tk *taskv1.Task, st agentv1.TaskState, reason string) {
+	h.t.Helper()
+	require.NoError(h.t, h.m.OnTaskUpdate(context.Background(), agent, &agentv1.TaskUpdate{TaskId: tk.GetTaskId(), Seq: tk.GetSeq(), State: st, Reason: reason, At: timestamppb.Now()}))
+}
+
+func (h *harness) incident(agent, pol string, states ...string) store.Incident {
+	h.t.Helper()
+	var got store.Incident
+	require.Eventually(h.t, func() bool {
+		incs, err := h.st.ListIncidents(store.IncidentFilter{AgentID: agent, Policy: pol})
+		if err != nil || len(incs) == 0 {
+			return false
+		}
+		got = incs[0]
+		for _, s := range states {
+			if got.State == s {
+				return true
+			}
+		}
+		return false
+	}, 5*time.Second, 10*time.Millisecond, "incident of %s on %s never reached %v (last: %s)", pol, agent, states, got.State)
+	return got
+}
+
+func timelineKinds(inc store.Incident) []string {
+	var out []string
+	for _, e := range inc.Timeline {
+		out = append(out, e.Kind)
+	}
+	return out
+}
+
+const basePolicy = `apiVersion: tend.dev/v1
+kind: Policy
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {role: web}}
+  mode: MODE
+  check: {type: process, interval: 1s, process: {name: web}}
+  trigger: {failures: 2, window: 3}
+  remediation:
+    action: exec.run
+    params: {argv: ["/bin/true"]}
+    verify: {within: 1s}
+    maxAttempts: 2
+    backoff: 1s
+    cooldown: 0s
+  limits: {maxConcurrent: "1"}
+`
+
+func policyYAML(mode string) string {
+	out := []byte(basePolicy)
+	return string(replace(out, "MODE", mode))
+}
+
+func replace(b []byte, old, new string) []byte {
+	s := string(b)
+	for i := 0; i+len(old) <= len(s); i++ {
+		if s[i:i+len(old)] == old {
+			return []byte(s[:i] + new + s[i+len(old):])
+		}
+	}
+	return b
+}
+
+const (
+	crit = agentv1.CheckStatus_CHECK_STATUS_CRITICAL
+	ok   = agentv1.CheckStatus_CHECK_STATUS_OK
+)
+
+func TestTriggerSignedTaskVerifiedRecovery(t *testing.T) {
+	h := newHarness(t, policyYAML("enforce"), "a1")
+	h.result("a1", "web", crit)
+	h.noTask("a1") // 1 of 3: not yet
+	h.result("a1", "web", crit)
+	tk := h.task("a1")
+	require.Equal(t, uint64(1), tk.GetSeq())
+	require.Equal(t, "exec.run", tk.GetAction())
+	require.True(t, tk.GetExpiresAt().AsTime().After(time.Now()))
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_RUNNING, "")
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_SUCCEEDED, "")
+	h.incident("a1", "web", store.IncidentVerifying)
+	h.result("a1", "web", ok)
+	inc := h.incident("a1", "web", store.IncidentResolved)
+	require.Equal(t, []string{"detected", "decided", "signed", "sent", "started", "finished", "verifying", "verified"}, timelineKinds(inc))
+	got, err := h.st.GetTask(tk.GetTaskId())
+	require.NoError(t, err)
+	require.Equal(t, store.TaskSucceeded, got.State)
+
+	// A late or replayed update of a finished task changes nothing.
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_REJECTED, "replay")
+	got, err = h.st.GetTask(tk.GetTaskId())
+	require.NoError(t, err)
+	require.Equal(t, store.TaskSucceeded, got.State)
+}
+
+func TestShadowModeSendsNothing(t *testing.T) {
+	h := newHarness(t, policyYAML("shadow"), "a1")
+	h.result("a1", "web", crit)
+	h.result("a1", "web", crit)
+	inc := h.incident("a1", "web", store.IncidentSuppressed)
+	h.noTask("a1")
+	last := inc.Timeline[len(inc.Timeline)-1]
+	require.Equal(t, "shadow", last.Rule)
+	require.Contains(t, last.Message, "would")
+}
+
+func TestMaxConcurrentWaitsForAFreeSlot(t *testing.T) {
+	h := newHarness(t, policyYAML("enforce"), "a1", "a2")
+	for _, a := range []string{"a1", "a2"} {
+		h.result(a, "web", crit)
+		h.result(a, "web", crit)
+	}
+	tk := h.task("a1")
+	inc := h.incident("a2", "web", store.IncidentSuppressed)
+	require.Equal(t, "max_concurrent", inc.Timeline[len(inc.Timeline)-1].Rule)
+	h.noTask("a2")
+	// a1's task ends: the slot is free and a2 acts at once.
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_FAILED, "exit 1")
+	tk2 := h.task("a2")
+	require.Equal(t, uint64(1), tk2.GetSeq(), "sequence numbers are per agent")
+}
+
+func TestRejectedTaskEscalatesAtOnce(t *testing.T) {
+	h := newHarness(t, policyYAML("enforce"), "a1")
+	h.result("a1", "web", crit)
+	h.result("a1", "web", crit)
+	tk := h.task("a1")
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_REJECTED, "action exec.run not in the agent's allow-list")
+	inc := h.incident("a1", "web", store.IncidentEscalated)
+	require.Contains(t, inc.Reason, "allow-list")
+	h.noTask("a1")
+}
+
+func TestUnverifiedIsRetriedThenEscalated(t *testing.T) {
+	h := newHarness(t, policyYAML("enforce"), "a1")
+	h.result("a1", "web", crit)
+	h.result("a1", "web", crit)
+	for attempt := 1; attempt <= 2; attempt++ {
+		tk := h.task("a1")
+		require.EqualValues(t, attempt, tk.GetAttempt())
+		h.update("a1", tk, agentv1.TaskState_TASK_STATE_SUCCEEDED, "")
+		h.result("a1", "web", crit) // still broken
+	}
+	inc := h.incident("a1", "web", store.IncidentEscalated)
+	require.Equal(t, 2, inc.Attempts)
+	require.Contains(t, timelineKinds(inc), "retry")
+	require.Contains(t, inc.Reason, "2 of 2 attempts")
+}
+
+func TestFlappingCheckIsNotRemediated(t *testing.T) {
+	h := newHarness(t, string(replace([]byte(policyYAML("enforce")), "failures: 2, window: 3", "failures: 3, window: 3")), "a1")
+	// ok, crit, ok, crit...: never 3 failures in 3, but a state change at
+	// every result: flapping.
+	for i := 0; i < 20; i++ {
+		if i%2 == 0 {
+			h.result("a1", "web", ok)
+		} else {
+			h.result("a1", "web", crit)
+		}
+	}
+	inc := h.incident("a1", "web", store.IncidentFlapping)
+	require.Contains(t, inc.Reason, "flap")
+	h.noTask("a1")
+}
