@@ -156,8 +156,10 @@ func (m *Manager) Start() error {
 	return nil
 }
 
-// Stop ends the loop (pending inputs are dropped: they are durable in the
-// store and replayed by the agents' outboxes).
+// Stop ends the loop. Inputs still queued are dropped: task updates were
+// not acknowledged, so the agents send them again; results are already in
+// the store but their effect on the trigger windows is lost (the windows
+// live in memory and refill from new results after a restart).
 func (m *Manager) Stop() {
 	select {
 	case <-m.stop:

@@ -317,6 +317,12 @@ func (d *docDecoder) validateRemediation(r *Remediation) {
 		}
 	}
 	positive(".timeout", r.Timeout)
+	if r.Timeout > Duration(time.Hour) {
+		d.add(base+".timeout", "must be at most 1h (a task that runs longer cannot be signed), got %s", r.Timeout)
+	}
+	if d.present(base+".maxAttempts") && r.MaxAttempts > 100 {
+		d.add(base+".maxAttempts", "must be at most 100, got %d", r.MaxAttempts)
+	}
 	positive(".verify.within", r.Verify.Within)
 	notNegative(".backoff", r.Backoff)
 	notNegative(".cooldown", r.Cooldown)
