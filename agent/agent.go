@@ -125,6 +125,32 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	case err != nil:
 		db.Close()
 		return nil, fmt.Errorf("load identity from %s: %w", cfg.DataDir, err)
+	case time.Now().After(id.Expiry()):
+		// Off for longer than the certificate's lifetime: it can no longer
+		// renew. With a token, enroll again under a new identity and keep
+		// the outbox (results taken meanwhile are still delivered).
+		if cfg.Token == "" {
+			db.Close()
+			return nil, fmt.Errorf("the agent's certificate expired at %s (it was off longer than its lifetime): start it once with --token from 'tendctl token create' to enroll again; results in its outbox are kept", id.Expiry().Format(time.RFC3339))
+		}
+		old := id.AgentID()
+		if err := identity.Retire(cfg.DataDir); err != nil {
+			db.Close()
+			return nil, err
+		}
+		if err := db.ResetTaskHighWater(); err != nil {
+			db.Close()
+			return nil, err
+		}
+		a.log.Warn("certificate expired: enrolling again", "old_agent_id", old, "expired", id.Expiry())
+		id, err = identity.Enroll(ctx, cfg.DataDir, identity.EnrollOptions{
+			Server: cfg.Server, Token: cfg.Token, Name: cfg.Name, Labels: cfg.Labels, Version: version.Version,
+		})
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		a.log.Info("enrolled again", "agent_id", id.AgentID(), "old_agent_id", old, "cert_expires", id.Expiry())
 	default:
 		if cfg.Token != "" {
 			a.log.Info("already enrolled; --token ignored", "agent_id", id.AgentID())
@@ -343,4 +369,10 @@ func (a *Agent) warmPlugins() {
 		}
 		a.log.Info("plugin ready", "plugin", name, "version", d.GetVersion(), "actions", len(d.GetActions()))
 	}
+}
+
+// Close releases an agent that was created but will not Run.
+func (a *Agent) Close() error {
+	a.host.Close()
+	return a.db.Close()
 }

@@ -303,3 +303,13 @@ func (id *Identity) Serial() string {
 	defer id.mu.RUnlock()
 	return id.leaf.SerialNumber.Text(16)
 }
+
+// Retire moves the current credentials aside (agent.pem → agent.pem.retired)
+// so that the agent can enroll again; the outbox and state are kept.
+func Retire(dir string) error {
+	src := filepath.Join(dir, CredFile)
+	if err := os.Rename(src, src+".retired"); err != nil {
+		return fmt.Errorf("retire expired credentials: %w", err)
+	}
+	return nil
+}

@@ -334,3 +334,13 @@ func (d *DB) TaskUpdateStats() (pending, droppedTotal uint64) {
 	})
 	return pending, droppedTotal
 }
+
+// ResetTaskHighWater starts a new task sequence space. Call it only when
+// the agent takes a new identity (re-enrollment): the control plane numbers
+// tasks per agent id, and tasks signed for the old id are refused by the
+// addressee check whatever their seq.
+func (d *DB) ResetTaskHighWater() error {
+	return d.bolt.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTasks).Put(keyTaskHighWater, u64(0))
+	})
+}

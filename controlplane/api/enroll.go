@@ -91,15 +91,28 @@ func (e *Enrollment) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*a
 	}
 	now := e.Now()
 	a := store.Agent{
-		ID:         id,
-		Name:       req.GetName(),
-		Labels:     req.GetLabels(),
-		Version:    req.GetVersion(),
-		EnrolledAt: now,
-		LastSeen:   now,
-		Status:     store.StatusDisconnected,
+		ID:            id,
+		Name:          req.GetName(),
+		Labels:        req.GetLabels(),
+		Version:       req.GetVersion(),
+		EnrolledAt:    now,
+		LastSeen:      now,
+		Status:        store.StatusDisconnected,
+		CertExpiresAt: now.Add(e.AgentCertTTL),
 	}
-	if err := e.Store.EnrollAgent(tokenID, pki.HashSecret(secret), now, a); err != nil {
+	err = e.Store.EnrollAgent(tokenID, pki.HashSecret(secret), now, a)
+	if errors.Is(err, store.ErrNameTaken) {
+		// The holder of the name can never connect again once its
+		// certificate has expired: a host that was off that long enrolls
+		// again with a new token and takes its name back.
+		if old, ok := e.Fleet.Lookup(req.GetName()); ok && !old.Revoked && !old.CertExpiresAt.IsZero() && now.After(old.CertExpiresAt) {
+			if _, rerr := e.Fleet.Revoke(old.ID, now); rerr == nil {
+				e.Log.Warn("agent name taken over: the previous holder's certificate expired", "agent", req.GetName(), "old_agent_id", old.ID, "expired", old.CertExpiresAt)
+				err = e.Store.EnrollAgent(tokenID, pki.HashSecret(secret), now, a)
+			}
+		}
+	}
+	if err != nil {
 		e.Log.Warn("enrollment refused", "token_id", tokenID, "agent", req.GetName(), "err", err)
 		switch {
 		case errors.Is(err, store.ErrTokenUnknown):
@@ -140,6 +153,7 @@ func (e *Enrollment) Renew(ctx context.Context, req *agentv1.RenewRequest) (*age
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "certificate request: %v", err)
 	}
+	e.Fleet.SetCertExpiry(id.ID, e.Now().Add(e.AgentCertTTL))
 	e.Log.Info("agent certificate renewed", "agent_id", id.ID)
 	return &agentv1.RenewResponse{CertificateDer: certDER, CaBundlePem: e.CA.CertPEM, SigningKeys: e.SigningKeys()}, nil
 }

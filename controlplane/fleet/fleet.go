@@ -53,7 +53,7 @@ type Config struct {
 }
 
 // ErrRevoked is returned when a revoked agent tries to attach.
-var ErrRevoked = errors.New("agent certificate revoked: enroll again with a new token")
+var ErrRevoked = errors.New("this agent was revoked ('tendctl delete agent'): to bring the host back, stop tend-agent, remove DATA_DIR/agent.pem and start it once with a new --token")
 
 type entry struct {
 	agent     store.Agent
@@ -353,6 +353,17 @@ func (r *Registry) Seen(id string, now time.Time) {
 	e.agent.LastSeen = now
 	e.seenDirty = true
 	r.startTimerLocked(id, e, r.ttlLocked()+r.cfg.Grace)
+}
+
+// SetCertExpiry records when the agent's newest certificate expires.
+func (r *Registry) SetCertExpiry(id string, t time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.agents[id]; ok {
+		e.agent.CertExpiresAt = t
+		e.dirty = true
+	}
+	r.signal()
 }
 
 // NoteDropped records the agent's outbox drop counter.

@@ -191,3 +191,40 @@ func TestAgentRenewsCertificate(t *testing.T) {
 		return err == nil && r.GetAgents()[0].GetStatus() == adminv1.AgentStatus_AGENT_STATUS_CONNECTED
 	}, 10*time.Second, 50*time.Millisecond)
 }
+
+// A host off for longer than its certificate's lifetime comes back with a
+// new token: it enrolls again under a new id, takes its name back, keeps
+// its outbox, and the old identity is revoked.
+func TestExpiredAgentEnrollsAgainAndKeepsItsName(t *testing.T) {
+	s, admin := testServer(t, t.TempDir(), func(c *Config) { c.AgentCertTTL = 2 * time.Second })
+	ctx := context.Background()
+	tok, err := admin.CreateToken(ctx, &adminv1.CreateTokenRequest{Uses: 1})
+	require.NoError(t, err)
+	dataDir := t.TempDir()
+	a, err := agent.New(ctx, agent.Config{Server: s.AdminAddr(), DataDir: dataDir, Name: "web-1", Token: tok.GetToken(), Log: quiet})
+	require.NoError(t, err)
+	oldID := a.ID()
+	// The agent is "off": it never runs, so it never renews.
+	require.NoError(t, a.Close())
+	time.Sleep(2500 * time.Millisecond)
+
+	_, err = agent.New(ctx, agent.Config{Server: s.AdminAddr(), DataDir: dataDir, Name: "web-1", Log: quiet})
+	require.ErrorContains(t, err, "certificate expired")
+
+	tok2, err := admin.CreateToken(ctx, &adminv1.CreateTokenRequest{Uses: 1})
+	require.NoError(t, err)
+	a2, err := agent.New(ctx, agent.Config{Server: s.AdminAddr(), DataDir: dataDir, Name: "web-1", Token: tok2.GetToken(), Log: quiet})
+	require.NoError(t, err)
+	require.NotEqual(t, oldID, a2.ID(), "a new identity: ids are never reused")
+	require.NoError(t, a2.Close())
+
+	r, err := admin.ListAgents(ctx, &adminv1.ListAgentsRequest{IncludeRevoked: true})
+	require.NoError(t, err)
+	byID := map[string]*adminv1.Agent{}
+	for _, ag := range r.GetAgents() {
+		byID[ag.GetId()] = ag
+	}
+	require.True(t, byID[oldID].GetRevoked(), "the expired identity is revoked")
+	require.Equal(t, "web-1", byID[a2.ID()].GetName())
+	require.False(t, byID[a2.ID()].GetRevoked())
+}

@@ -52,6 +52,9 @@ type Agent struct {
 	Revoked       bool              `json:"revoked,omitempty"`
 	RevokedAt     time.Time         `json:"revokedAt,omitzero"`
 	OutboxDropped uint64            `json:"outboxDropped,omitempty"`
+	// CertExpiresAt is when the agent's latest certificate expires: after
+	// that it can never connect again, and its name may be enrolled anew.
+	CertExpiresAt time.Time `json:"certExpiresAt,omitzero"`
 }
 
 // Token is a join token. Only the SHA-256 of its secret is stored.
