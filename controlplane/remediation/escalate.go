@@ -43,16 +43,17 @@ func (m *Manager) escalate(tr *track, why string) {
 		return
 	}
 	m.cancelTimer(tr)
-	if tr.task != nil {
-		// A task still in flight keeps counting until the agent reports.
-		tr.task = nil
-	}
+	m.releaseTask(tr)
 	m.event(tr, store.Event{Kind: "escalated", Message: why}, store.IncidentEscalated)
 	inc := *tr.inc
 	m.log.Warn("incident escalated", "incident", inc.ID, "agent_id", inc.AgentID, "policy", inc.Policy, "why", why)
 	tr.inc = nil
 	tr.passes = 0
-	tr.state.ResetAfterVerifiedRecovery()
+	// The trigger stays set: no new incident (and no new automation) for
+	// this check until it has passed a whole window on its own. The
+	// cooldown runs from now as after a recovery, so an escalation can
+	// never turn into a loop of incidents, tasks and webhooks.
+	tr.resolved = m.cfg.Now()
 
 	p, _, ok := m.cfg.Policies.Lookup(inc.Policy)
 	if !ok || p.Spec.Escalate == nil || p.Spec.Escalate.Webhook == "" || m.cfg.Webhook == nil {

@@ -282,6 +282,11 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 	}
 
 	if tr.inc == nil {
+		// After an escalation the trigger stays set until the check has
+		// passed a whole window on its own (fixed by a person, or gone).
+		if tr.state.Triggered && tr.passes >= p.Spec.Trigger.Window {
+			tr.state.ResetAfterVerifiedRecovery()
+		}
 		switch {
 		case d.Trigger:
 			tr.triggerAt = received
@@ -298,8 +303,13 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 				p.Name(), r.GetStartedAt().AsTime().Sub(tr.finished).Round(time.Millisecond), firstLine(r.GetOutput())))
 		}
 	case store.IncidentFlapping:
-		if !d.Flapping && tr.passes >= p.Spec.Trigger.Window {
+		switch {
+		case d.Flapping:
+		case tr.passes >= p.Spec.Trigger.Window:
 			m.resolve(tr, fmt.Sprintf("stopped flapping: %d passing results in a row", tr.passes))
+		case d.Failures >= p.Spec.Trigger.Failures:
+			m.event(tr, store.Event{Kind: "detected", Message: "stopped flapping and fails steadily: " + d.Reason}, store.IncidentOpen)
+			m.attempt(tr)
 		}
 	case store.IncidentOpen, store.IncidentSuppressed:
 		switch {
@@ -330,6 +340,9 @@ func (m *Manager) open(tr *track, p *policy.Policy, version uint64, agent store.
 		if errors.Is(err, store.ErrExists) {
 			if open, err2 := m.cfg.Store.OpenIncident(tr.key.agent, p.Name()); err2 == nil {
 				tr.inc = &open
+				if open.State == store.IncidentOpen || open.State == store.IncidentSuppressed {
+					m.attempt(tr)
+				}
 				return
 			}
 		}
@@ -436,6 +449,10 @@ func (m *Manager) attempt(tr *track) {
 	}
 	if p.Spec.Remediation == nil {
 		m.escalate(tr, "the policy has no remediation: a person must look")
+		return
+	}
+	if a, ok := m.cfg.Fleet.Get(tr.key.agent); !ok || a.Revoked || !p.Matches(a.Labels) {
+		m.escalate(tr, "the agent no longer matches the policy's selector (or was revoked): no more automation for this incident")
 		return
 	}
 	now := m.cfg.Now()

@@ -283,3 +283,47 @@ func TestFlappingCheckIsNotRemediated(t *testing.T) {
 	require.Contains(t, inc.Reason, "flap")
 	h.noTask("a1")
 }
+
+// An escalation must not turn into a loop of new incidents and tasks while
+// the check keeps failing.
+func TestEscalationDoesNotLoop(t *testing.T) {
+	h := newHarness(t, policyYAML("enforce"), "a1")
+	h.result("a1", "web", crit)
+	h.result("a1", "web", crit)
+	tk := h.task("a1")
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_REJECTED, "not allowed")
+	h.incident("a1", "web", store.IncidentEscalated)
+	for i := 0; i < 6; i++ {
+		h.result("a1", "web", crit)
+	}
+	h.noTask("a1")
+	incs, err := h.st.ListIncidents(store.IncidentFilter{AgentID: "a1"})
+	require.NoError(t, err)
+	require.Len(t, incs, 1, "no new incident while the check keeps failing")
+
+	// Once it has passed a whole window on its own, a new failure is a new
+	// incident again.
+	for i := 0; i < 3; i++ {
+		h.result("a1", "web", ok)
+	}
+	h.result("a1", "web", crit)
+	h.result("a1", "web", crit)
+	h.task("a1")
+}
+
+// A flapping check that then fails steadily is remediated.
+func TestFlappingThenSteadyFailureIsRemediated(t *testing.T) {
+	h := newHarness(t, string(replace([]byte(policyYAML("enforce")), "failures: 2, window: 3", "failures: 3, window: 3")), "a1")
+	for i := 0; i < 20; i++ {
+		if i%2 == 0 {
+			h.result("a1", "web", ok)
+		} else {
+			h.result("a1", "web", crit)
+		}
+	}
+	h.incident("a1", "web", store.IncidentFlapping)
+	for i := 0; i < 30; i++ {
+		h.result("a1", "web", crit)
+	}
+	h.task("a1")
+}

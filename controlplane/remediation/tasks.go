@@ -126,8 +126,17 @@ func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 	m.event(tr, store.Event{Kind: "signed", TaskID: stored.ID,
 		Message: fmt.Sprintf("task %s seq %d signed with key %s, valid until %s", stored.ID, stored.Seq, m.cfg.Signer.ID, stored.ExpiresAt.Format(time.RFC3339))}, "")
 	m.send(tr, stored)
-	m.after(tr, stored.ExpiresAt, func() { m.expire(tr, stored.ID) })
+	m.after(tr, stored.ExpiresAt.Add(expiryMargin), func() { m.expire(tr, stored.ID) })
 }
+
+// expiryMargin: the agent accepts a task up to 30 s past its expiry (clock
+// skew), so the control plane gives up on it only after that, plus margin:
+// a task it calls expired can no longer start.
+const expiryMargin = 45 * time.Second
+
+// noReportGrace is how long past its timeout a running task may stay
+// without a report before the control plane gives up on it.
+const noReportGrace = time.Minute
 
 // send delivers a task if the agent is connected; otherwise it stays
 // pending and is sent when the agent reconnects (while still valid).
@@ -164,15 +173,33 @@ func (m *Manager) expire(tr *track, taskID string) {
 		return
 	}
 	t, err := m.cfg.Store.GetTask(taskID)
-	if err != nil || (t.State != store.TaskPending && t.State != store.TaskSent) {
-		// Running tasks are bounded by their timeout on the agent; wait for
-		// the agent's report.
-		if err == nil && t.State == store.TaskRunning {
-			m.after(tr, m.cfg.Now().Add(time.Minute), func() { m.expire(tr, taskID) })
-		}
+	if err != nil {
+		m.log.Error("expire task", "task", taskID, "err", err)
+		m.after(tr, m.cfg.Now().Add(10*time.Second), func() { m.expire(tr, taskID) })
 		return
 	}
-	m.finishTask(tr, t, store.TaskExpired, "the agent did not start it before it expired", nil)
+	switch t.State {
+	case store.TaskPending, store.TaskSent:
+		m.finishTask(tr, t, store.TaskExpired, "the agent did not start it before it expired", nil)
+	case store.TaskRunning:
+		// Bounded by its timeout on the agent; if no report comes in time
+		// (the host died, the report was lost), give up on it rather than
+		// hold the incident and a max_concurrent slot forever.
+		timeout := 30 * time.Second
+		if p, _, ok := m.cfg.Policies.Lookup(t.Policy); ok && p.Spec.Remediation != nil {
+			timeout = p.Spec.Remediation.Timeout.D()
+		}
+		start := t.StartedAt
+		if start.IsZero() || start.After(m.cfg.Now()) {
+			start = m.cfg.Now()
+		}
+		deadline := start.Add(timeout + noReportGrace)
+		if m.cfg.Now().Before(deadline) {
+			m.after(tr, deadline, func() { m.expire(tr, taskID) })
+			return
+		}
+		m.finishTask(tr, t, store.TaskFailed, fmt.Sprintf("no report from the agent within %s of the task starting", timeout+noReportGrace), nil)
+	}
 }
 
 // OnTaskUpdate records an update reported by the agent, durably, before the
@@ -263,10 +290,7 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 	if err != nil {
 		m.log.Error("finish task", "task", t.ID, "err", err)
 	}
-	if m.running[t.Policy] > 0 {
-		m.running[t.Policy]--
-	}
-	tr.task = nil
+	m.releaseTask(tr)
 	tr.lastEnd = now
 	m.wakeWaiting(t.Policy, tr)
 	p, _, ok := m.cfg.Policies.Lookup(t.Policy)
@@ -335,7 +359,7 @@ func (m *Manager) resolve(tr *track, why string) {
 	tr.state.ResetAfterVerifiedRecovery()
 	tr.resolved = now
 	tr.inc = nil
-	tr.task = nil
+	m.releaseTask(tr)
 	tr.passes = 0
 }
 
@@ -350,4 +374,15 @@ func (m *Manager) wakeWaiting(pol string, except *track) {
 			m.attempt(tr)
 		}
 	}
+}
+
+// releaseTask forgets the task in flight and frees its max_concurrent slot.
+func (m *Manager) releaseTask(tr *track) {
+	if tr.task == nil {
+		return
+	}
+	if m.running[tr.task.Policy] > 0 {
+		m.running[tr.task.Policy]--
+	}
+	tr.task = nil
 }
