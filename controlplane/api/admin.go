@@ -27,6 +27,8 @@ type Admin struct {
 	CA       *pki.CA
 	Log      *slog.Logger
 	Now      func() time.Time
+	// OnPolicyChange is told every policy applied or deleted.
+	OnPolicyChange func(name string)
 }
 
 // Limits on admin input.
@@ -134,6 +136,9 @@ func (h *Admin) ApplyPolicies(ctx context.Context, req *adminv1.ApplyPoliciesReq
 	h.Policies.PushAll(h.Fleet)
 	for _, c := range changes {
 		h.Log.Info("policy applied", "policy", c.Name, "version", c.Version, "action", c.Action)
+		if h.OnPolicyChange != nil && c.Action != "unchanged" {
+			h.OnPolicyChange(c.Name)
+		}
 		resp.Changes = append(resp.Changes, &adminv1.PolicyChange{Name: c.Name, Version: c.Version, Action: c.Action})
 	}
 	return resp, nil
@@ -174,6 +179,9 @@ func (h *Admin) DeletePolicy(ctx context.Context, req *adminv1.DeletePolicyReque
 		return nil, toStatus(err)
 	}
 	h.Policies.PushAll(h.Fleet)
+	if h.OnPolicyChange != nil {
+		h.OnPolicyChange(req.GetName())
+	}
 	h.Log.Info("policy deleted", "policy", req.GetName())
 	return &adminv1.DeletePolicyResponse{}, nil
 }

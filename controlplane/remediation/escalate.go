@@ -119,47 +119,112 @@ func (m *Manager) OnConnect(agentID string, taskHighWater uint64) {
 	})
 }
 
+// PolicyChanged gives the open incidents of a policy that was applied or
+// deleted a new decision: a policy switched from shadow to enforce acts, a
+// raised limit frees waiting incidents, a deleted policy escalates them.
+func (m *Manager) PolicyChanged(name string) {
+	m.enqueue(func() {
+		for _, tr := range m.tracks {
+			if tr.key.policy != name || tr.inc == nil || tr.task != nil {
+				continue
+			}
+			switch tr.inc.State {
+			case store.IncidentOpen, store.IncidentSuppressed:
+				m.attempt(tr)
+			case store.IncidentFlapping:
+				if _, _, ok := m.cfg.Policies.Lookup(name); !ok {
+					m.escalate(tr, "the policy was deleted while the incident was open")
+				}
+			}
+		}
+	})
+}
+
 // recover rebuilds the loop's memory from the store after a restart: open
-// incidents, tasks in flight, and their timers.
+// incidents, tasks in flight and their timers, the sliding hour of task
+// starts (max_per_hour), the last attempt of each open incident (backoff)
+// and the last close of each (agent, policy) (cooldown).
 func (m *Manager) recover() error {
-	incs, err := m.cfg.Store.ListIncidents(store.IncidentFilter{OpenOnly: true})
-	if err != nil {
-		return fmt.Errorf("load open incidents: %w", err)
-	}
 	now := m.cfg.Now()
-	for i := range incs {
-		inc := incs[i]
+	all, err := m.cfg.Store.ListIncidents(store.IncidentFilter{})
+	if err != nil {
+		return fmt.Errorf("load incidents: %w", err)
+	}
+	for _, inc := range all {
+		if store.IncidentTerminal(inc.State) {
+			tr := m.track(inc.AgentID, inc.Policy)
+			if inc.ResolvedAt.After(tr.resolved) {
+				tr.resolved = inc.ResolvedAt
+			}
+			if inc.State == store.IncidentEscalated && now.Sub(inc.ResolvedAt) < time.Hour {
+				// Keep the trigger set: an escalated check that still fails
+				// must not open a new incident right after a restart.
+				tr.state.Triggered = true
+			}
+		}
+	}
+	tasks, err := m.cfg.Store.ListTasks(store.TaskFilter{})
+	if err != nil {
+		return fmt.Errorf("load tasks: %w", err)
+	}
+	for _, t := range tasks {
+		if now.Sub(t.CreatedAt) < time.Hour {
+			m.hourWindow(t.Policy).Add(t.CreatedAt)
+		}
+	}
+	opened := 0
+	for i := range all {
+		inc := all[i]
+		if store.IncidentTerminal(inc.State) {
+			continue
+		}
+		opened++
 		tr := m.track(inc.AgentID, inc.Policy)
 		tr.inc = &inc
-		tasks, err := m.cfg.Store.ListTasks(store.TaskFilter{IncidentID: inc.ID})
+		tr.state.Triggered = true
+		its, err := m.cfg.Store.ListTasks(store.TaskFilter{IncidentID: inc.ID})
 		if err != nil {
 			return fmt.Errorf("load tasks of %s: %w", inc.ID, err)
 		}
-		for j := range tasks {
-			if !store.TaskTerminal(tasks[j].State) {
-				t := tasks[j]
-				tr.task = &t
-				m.running[t.Policy]++
-				m.hourWindow(t.Policy).Add(t.CreatedAt)
-				break
+		for j := range its {
+			t := its[j]
+			if !store.TaskTerminal(t.State) {
+				if tr.task == nil {
+					tr.task = &t
+					m.running[t.Policy]++
+				}
+			} else if t.FinishedAt.After(tr.lastEnd) {
+				tr.lastEnd = t.FinishedAt
+				tr.finished = t.FinishedAt
 			}
 		}
 		switch {
 		case tr.task != nil:
 			id := tr.task.ID
-			m.after(tr, tr.task.ExpiresAt, func() { m.expire(tr, id) })
+			m.after(tr, tr.task.ExpiresAt.Add(expiryMargin), func() { m.expire(tr, id) })
 		case inc.State == store.IncidentVerifying:
-			m.after(tr, now.Add(30*time.Second), func() {
+			within := 30 * time.Second
+			if p, _, ok := m.cfg.Policies.Lookup(inc.Policy); ok && p.Spec.Remediation != nil {
+				within = p.Spec.Remediation.Verify.Within.D()
+			}
+			m.after(tr, now.Add(within), func() {
 				if tr.inc != nil && tr.inc.State == store.IncidentVerifying {
 					m.retryOrEscalate(tr, "not verified after a control-plane restart")
+				}
+			})
+		case inc.State == store.IncidentRemediating:
+			// The task's end was recorded but not the incident's next state.
+			m.after(tr, now, func() {
+				if tr.inc != nil && tr.task == nil {
+					m.retryOrEscalate(tr, "the task's outcome was not followed up before a control-plane restart")
 				}
 			})
 		case inc.State == store.IncidentOpen || inc.State == store.IncidentSuppressed:
 			m.after(tr, now, func() { m.attempt(tr) })
 		}
 	}
-	if len(incs) > 0 {
-		m.log.Info("remediation state recovered", "open_incidents", len(incs))
+	if opened > 0 {
+		m.log.Info("remediation state recovered", "open_incidents", opened)
 	}
 	return nil
 }

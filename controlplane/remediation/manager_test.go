@@ -46,6 +46,7 @@ func (f fakePolicies) MatchedCount(name string, agents []store.Agent) int {
 // its session queue, and its results and task updates are fed by the test.
 type harness struct {
 	t        *testing.T
+	policies fakePolicies
 	st       store.Store
 	fleet    *fleet.Registry
 	m        *Manager
@@ -70,7 +71,7 @@ func newHarness(t *testing.T, policyYAML string, agents ...string) *harness {
 	}
 	key, _, err := pki.LoadOrCreateSigningKey(filepath.Join(t.TempDir(), "k"))
 	require.NoError(t, err)
-	h := &harness{t: t, st: st, fleet: reg, key: key, sessions: map[string]*fleet.Session{}, seq: map[string]uint64{}}
+	h := &harness{t: t, policies: fp, st: st, fleet: reg, key: key, sessions: map[string]*fleet.Session{}, seq: map[string]uint64{}}
 	for _, id := range agents {
 		require.NoError(t, st.CreateToken(store.Token{ID: "t" + id, SecretHash: []byte("h"), ExpiresAt: time.Now().Add(time.Hour), Uses: 1}))
 		a := store.Agent{ID: id, Name: id, Labels: map[string]string{"role": "web"}, EnrolledAt: time.Now()}
@@ -326,4 +327,44 @@ func TestFlappingThenSteadyFailureIsRemediated(t *testing.T) {
 		h.result("a1", "web", crit)
 	}
 	h.task("a1")
+}
+
+// A policy trialled in shadow mode acts on its open incidents as soon as it
+// is switched to enforce.
+func TestShadowToEnforceActsOnOpenIncidents(t *testing.T) {
+	h := newHarness(t, policyYAML("shadow"), "a1")
+	h.result("a1", "web", crit)
+	h.result("a1", "web", crit)
+	h.incident("a1", "web", store.IncidentSuppressed)
+	h.noTask("a1")
+	ps, err := policy.Parse("p.yaml", []byte(policyYAML("enforce")))
+	require.NoError(t, err)
+	h.policies.ps["web"] = ps[0]
+	h.m.PolicyChanged("web")
+	h.task("a1")
+}
+
+// After a control-plane restart the loop picks up an open incident whose
+// task's outcome was lost, instead of leaving it stuck.
+func TestRestartFollowsUpAnIncidentLeftRemediating(t *testing.T) {
+	h := newHarness(t, policyYAML("enforce"), "a1")
+	h.result("a1", "web", crit)
+	h.result("a1", "web", crit)
+	tk := h.task("a1")
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_RUNNING, "")
+	h.m.Stop()
+	// The task ended, but the restart happened before the incident moved on.
+	require.NoError(t, h.st.UpdateTask(tk.GetTaskId(), func(st *store.Task) error {
+		st.State = store.TaskFailed
+		st.FinishedAt = time.Now()
+		return nil
+	}))
+	m2 := New(Config{Store: h.st, Fleet: h.fleet, Policies: h.policies, Signer: h.key, Log: quiet})
+	require.NoError(t, m2.Start())
+	t.Cleanup(m2.Stop)
+	h.m = m2
+	tk2 := h.task("a1")
+	require.EqualValues(t, 2, tk2.GetAttempt())
+	inc := h.incident("a1", "web", store.IncidentRemediating)
+	require.Contains(t, timelineKinds(inc), "retry")
 }

@@ -180,7 +180,7 @@ func (m *Manager) expire(tr *track, taskID string) {
 	}
 	switch t.State {
 	case store.TaskPending, store.TaskSent:
-		m.finishTask(tr, t, store.TaskExpired, "the agent did not start it before it expired", nil)
+		_ = m.finishTask(tr, t, store.TaskExpired, "the agent did not start it before it expired", nil)
 	case store.TaskRunning:
 		// Bounded by its timeout on the agent; if no report comes in time
 		// (the host died, the report was lost), give up on it rather than
@@ -198,7 +198,7 @@ func (m *Manager) expire(tr *track, taskID string) {
 			m.after(tr, deadline, func() { m.expire(tr, taskID) })
 			return
 		}
-		m.finishTask(tr, t, store.TaskFailed, fmt.Sprintf("no report from the agent within %s of the task starting", timeout+noReportGrace), nil)
+		_ = m.finishTask(tr, t, store.TaskFailed, fmt.Sprintf("no report from the agent within %s of the task starting", timeout+noReportGrace), nil)
 	}
 }
 
@@ -258,21 +258,23 @@ func (m *Manager) taskUpdate(agentID string, u *agentv1.TaskUpdate) error {
 		}
 		m.event(tr, store.Event{Kind: "started", TaskID: t.ID, Message: "the agent verified the task and started " + t.Action}, "")
 	case agentv1.TaskState_TASK_STATE_SUCCEEDED:
-		m.finishTask(tr, t, store.TaskSucceeded, "", u)
+		return m.finishTask(tr, t, store.TaskSucceeded, "", u)
 	case agentv1.TaskState_TASK_STATE_FAILED:
-		m.finishTask(tr, t, store.TaskFailed, u.GetReason(), u)
+		return m.finishTask(tr, t, store.TaskFailed, u.GetReason(), u)
 	case agentv1.TaskState_TASK_STATE_REJECTED:
-		m.finishTask(tr, t, store.TaskRejected, u.GetReason(), u)
+		return m.finishTask(tr, t, store.TaskRejected, u.GetReason(), u)
 	case agentv1.TaskState_TASK_STATE_EXPIRED:
-		m.finishTask(tr, t, store.TaskExpired, u.GetReason(), u)
+		return m.finishTask(tr, t, store.TaskExpired, u.GetReason(), u)
 	default:
 		return fmt.Errorf("task %s: unexpected state %s in an update", t.ID, u.GetState())
 	}
 	return nil
 }
 
-// finishTask records a terminal task state and moves the incident on.
-func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *agentv1.TaskUpdate) {
+// finishTask records a terminal task state and moves the incident on. If
+// the task cannot be stored, nothing changes and the error is returned (the
+// agent's update is then not acknowledged, and comes again).
+func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *agentv1.TaskUpdate) error {
 	now := m.cfg.Now()
 	finished := now
 	output := ""
@@ -289,6 +291,7 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 	})
 	if err != nil {
 		m.log.Error("finish task", "task", t.ID, "err", err)
+		return err
 	}
 	m.releaseTask(tr)
 	tr.lastEnd = now
@@ -325,6 +328,7 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 		m.event(tr, store.Event{At: now, Kind: "finished", TaskID: t.ID, Message: "failed: " + msg}, "")
 		m.retryOrEscalate(tr, "task failed: "+msg)
 	}
+	return nil
 }
 
 // retryOrEscalate schedules the next attempt after the backoff, or

@@ -215,6 +215,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	adminv1.RegisterAdminServiceServer(s.grpc, &api.Admin{
 		Store: st, Fleet: s.fleet, Policies: s.policies, CA: ca, Log: log.With("component", "admin"), Now: now,
+		OnPolicyChange: s.remed.PolicyChanged,
 	})
 
 	if cfg.HTTPListen != "" {
