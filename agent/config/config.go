@@ -45,6 +45,12 @@ type ActionRule struct {
 	Units []string `yaml:"units,omitempty"`
 	// Signals: the signals process.kill may send (any, when empty).
 	Signals []string `yaml:"signals,omitempty"`
+	// Pidfiles and Names: the processes process.restart and process.kill
+	// may stop, by the pidfile or the process name of their match (at
+	// least one of the two lists is required: an absent list matches
+	// nothing).
+	Pidfiles []string `yaml:"pidfiles,omitempty"`
+	Names    []string `yaml:"names,omitempty"`
 }
 
 // LocalCheck is a check from agent.yaml; its id is "local/<name>".

@@ -46,11 +46,11 @@ func TestReadmeExampleParses(t *testing.T) {
 	require.Equal(t, 100000, c.OutboxMax)
 	require.Equal(t, "/usr/lib/tend/plugins", c.PluginDir)
 	require.Equal(t, map[string]ActionRule{
-		"process.restart": {Commands: [][]string{{"/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"}}},
+		"process.restart": {Commands: [][]string{{"/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"}}, Pidfiles: []string{"/run/nginx.pid"}},
 		"disk.cleanup":    {Paths: []string{"/var/log/app"}},
 		"exec.run":        {Commands: [][]string{{"/usr/local/bin/rotate-logs", "--now"}}},
 		"service.restart": {Units: []string{"nginx.service"}},
-		"process.kill":    {Signals: []string{"TERM"}},
+		"process.kill":    {Signals: []string{"TERM"}, Names: []string{"stuck-worker"}},
 	}, c.Actions)
 
 	specs, err := c.Specs()

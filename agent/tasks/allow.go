@@ -119,6 +119,21 @@ func NewAllowList(actions map[string]config.ActionRule) (AllowList, error) {
 			}
 			out.Units = append(out.Units, u)
 		}
+		for i, pf := range r.Pidfiles {
+			f := fmt.Sprintf("%s.pidfiles[%d]", field, i)
+			if err := checkPathForm(pf); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", f, err))
+				continue
+			}
+			out.Pidfiles = append(out.Pidfiles, pf)
+		}
+		for i, n := range r.Names {
+			if err := checkName("process name", n); err != nil {
+				errs = append(errs, fmt.Errorf("%s.names[%d]: %w", field, i, err))
+				continue
+			}
+			out.Names = append(out.Names, n)
+		}
 		for i, s := range r.Signals {
 			n := normalizeSignal(s)
 			if !slices.Contains(signalNames, n) {
@@ -175,10 +190,10 @@ func (a AllowList) Check(action string, params *structpb.Struct) error {
 	}
 	switch action {
 	case ActionProcessRestart:
-		if err := checkMatch(action, fields["match"]); err != nil {
+		if err := checkArgv(action, "command", fields["command"], rule.Commands); err != nil {
 			return err
 		}
-		return checkArgv(action, "command", fields["command"], rule.Commands)
+		return checkMatch(action, fields["match"], rule)
 	case ActionExecRun:
 		return checkArgv(action, "argv", fields["argv"], rule.Commands)
 	case ActionDiskCleanup:
@@ -198,7 +213,7 @@ func (a AllowList) Check(action string, params *structpb.Struct) error {
 			return notAllowed("service.restart unit %s not an allowed unit (%s)", name, strings.Join(rule.Units, ", "))
 		}
 	case ActionProcessKill:
-		if err := checkMatch(action, fields["match"]); err != nil {
+		if err := checkMatch(action, fields["match"], rule); err != nil {
 			return err
 		}
 		if len(rule.Signals) > 0 {
@@ -240,17 +255,24 @@ func quoteArgv(argv []string) string {
 	return "[" + strings.Join(q, " ") + "]"
 }
 
-// checkMatch validates the optional process match {name | pidfile}.
-func checkMatch(action string, v *structpb.Value) error {
+// checkMatch validates the process match {name | pidfile}: which process
+// may be stopped is the host's decision too, so the pidfile or the name
+// must be one the rule lists.
+func checkMatch(action string, v *structpb.Value, rule config.ActionRule) error {
 	if v == nil {
-		return nil
+		return notAllowed("%s: parameter match {name | pidfile} is required", action)
 	}
 	m := v.GetStructValue()
 	if m == nil {
 		return notAllowed("%s: parameter match must be an object {name | pidfile}", action)
 	}
-	for k, fv := range m.GetFields() {
-		s, ok := stringParam(fv)
+	keys := make([]string, 0, len(m.GetFields()))
+	for k := range m.GetFields() {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		s, ok := stringParam(m.GetFields()[k])
 		if !ok {
 			return notAllowed("%s: match.%s must be a string", action, k)
 		}
@@ -265,6 +287,18 @@ func checkMatch(action string, v *structpb.Value) error {
 			}
 		default:
 			return notAllowed("%s: match.%s is not a match field (name, pidfile)", action, k)
+		}
+	}
+	if len(rule.Pidfiles) == 0 && len(rule.Names) == 0 {
+		return notAllowed("%s: this host allows no processes to be stopped (agent.yaml actions.%s.pidfiles or names)", action, action)
+	}
+	for _, k := range keys {
+		s, _ := stringParam(m.GetFields()[k])
+		if k == "name" && !slices.Contains(rule.Names, s) {
+			return notAllowed("%s match.name %q is not an allowed process name (agent.yaml actions.%s.names)", action, s, action)
+		}
+		if k == "pidfile" && !slices.Contains(rule.Pidfiles, s) {
+			return notAllowed("%s match.pidfile %q is not an allowed pidfile (agent.yaml actions.%s.pidfiles)", action, s, action)
 		}
 	}
 	return nil

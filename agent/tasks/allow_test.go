@@ -34,8 +34,8 @@ func TestAllowList(t *testing.T) {
 	aliasApp := filepath.Join(root, "alias", "app")
 
 	a, err := NewAllowList(map[string]config.ActionRule{
-		"process.restart": {Commands: [][]string{{"/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"}, {"/usr/bin/odd", "$(literally)"}}},
-		"process.kill":    {Signals: []string{"SIGTERM", "hup"}},
+		"process.restart": {Commands: [][]string{{"/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"}, {"/usr/bin/odd", "$(literally)"}}, Pidfiles: []string{"/run/nginx.pid"}, Names: []string{"nginx"}},
+		"process.kill":    {Signals: []string{"SIGTERM", "hup"}, Names: []string{"stuck-worker"}},
 		"exec.run":        {Commands: [][]string{{"/usr/local/bin/rotate-logs", "--now"}}},
 		"disk.cleanup":    {Paths: []string{allowed + "/", aliasApp}},
 		"service.restart": {Units: []string{"nginx.service"}},
@@ -60,7 +60,10 @@ func TestAllowList(t *testing.T) {
 
 		// process.restart: exact argv.
 		{"restart allowed argv", "process.restart", P{"command": nginx, "match": P{"pidfile": "/run/nginx.pid"}}, ""},
-		{"restart literal metachar argv", "process.restart", P{"command": []any{"/usr/bin/odd", "$(literally)"}}, ""},
+		{"restart literal metachar argv", "process.restart", P{"command": []any{"/usr/bin/odd", "$(literally)"}, "match": P{"name": "nginx"}}, ""},
+		{"restart without match", "process.restart", P{"command": nginx}, "match {name | pidfile} is required"},
+		{"restart other pidfile", "process.restart", P{"command": nginx, "match": P{"pidfile": "/run/sshd.pid"}}, "is not an allowed pidfile"},
+		{"restart other process", "process.restart", P{"command": nginx, "match": P{"name": "sshd"}}, "is not an allowed process name"},
 		{"restart extra arg", "process.restart", P{"command": append(append([]any{}, nginx...), "-g", "daemon off;")}, "is not an allowed command"},
 		{"restart prefix", "process.restart", P{"command": []any{"/usr/sbin/nginx"}}, "is not an allowed command"},
 		{"restart other binary", "process.restart", P{"command": []any{"/bin/sh", "-c", "/usr/sbin/nginx -c /etc/nginx/nginx.conf"}}, "is not an allowed command"},
@@ -133,6 +136,7 @@ func TestAllowList(t *testing.T) {
 		{"kill no signal", "process.kill", P{"match": P{"name": "stuck-worker"}}, "signal is required"},
 		{"kill hostile process name", "process.kill", P{"match": P{"name": "`id`"}, "signal": "TERM"}, "shell or control character"},
 		{"kill process name with slash", "process.kill", P{"match": P{"name": "../../bin/sh"}, "signal": "TERM"}, "contains '/'"},
+		{"kill other process", "process.kill", P{"match": P{"name": "sshd"}, "signal": "TERM"}, "is not an allowed process name"},
 
 		// A non-built-in action: present means allowed, hostile strings
 		// are still refused.
@@ -181,7 +185,11 @@ func TestAllowListNothingConfigured(t *testing.T) {
 		require.Contains(t, err.Error(), "this host allows no", action)
 	}
 	p, _ := structpb.NewStruct(map[string]any{"match": map[string]any{"name": "x"}, "signal": "KILL"})
-	require.NoError(t, a.Check("process.kill", p), "process.kill without signals: any signal")
+	err = a.Check("process.kill", p)
+	require.ErrorContains(t, err, "this host allows no processes to be stopped", "no names or pidfiles: nothing may be stopped")
+	b, err := NewAllowList(map[string]config.ActionRule{"process.kill": {Names: []string{"x"}}})
+	require.NoError(t, err)
+	require.NoError(t, b.Check("process.kill", p), "process.kill without signals: any signal")
 }
 
 func TestNewAllowListRefusesBadRules(t *testing.T) {

@@ -124,7 +124,7 @@ func newKey(t testing.TB) *pki.SigningKey {
 func testAllow(t testing.TB, cleanDir string) AllowList {
 	t.Helper()
 	a, err := NewAllowList(map[string]config.ActionRule{
-		"process.restart": {Commands: [][]string{{"/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"}}},
+		"process.restart": {Commands: [][]string{{"/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"}}, Pidfiles: []string{"/run/nginx.pid"}},
 		"process.kill":    {Signals: []string{"TERM"}},
 		"exec.run":        {Commands: [][]string{{"/usr/local/bin/rotate-logs", "--now"}}},
 		"disk.cleanup":    {Paths: []string{cleanDir}},

@@ -66,9 +66,10 @@ actions:
   process.restart:
     commands:
       - [%q, "--listen", %q, "--pidfile", %q]
+    pidfiles: [%q]
   disk.cleanup:
     paths: [%q]
-`, d.binDir, svc, addr, a.pidfile, a.spool)
+`, d.binDir, svc, addr, a.pidfile, a.pidfile, a.spool)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		return nil, err
 	}

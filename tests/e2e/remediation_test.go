@@ -78,6 +78,7 @@ func newRemediationHost(t *testing.T, cp *controlPlane, name, token, actions str
 const allowDemo = `actions:
   process.restart:
     commands: [["$BIN", "--listen", "$ADDR", "--pidfile", "$PIDFILE"]]
+    pidfiles: ["$PIDFILE"]
   disk.cleanup:
     paths: ["$SPOOL"]
 `
