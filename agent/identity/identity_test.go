@@ -49,9 +49,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 
 	conf, err := adminconf.Load(filepath.Join(dataDir, server.AdminConfFile))
 	require.NoError(t, err)
-	tc, err := conf.TLSConfig()
-	require.NoError(t, err)
-	conn, err := grpc.NewClient(conf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := conf.Dial()
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return &controlPlane{srv: s, dataDir: dataDir, admin: adminv1.NewAdminServiceClient(conn)}

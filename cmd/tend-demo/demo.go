@@ -16,9 +16,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
 	"tend.dev/tend/internal/adminconf"
 	adminv1 "tend.dev/tend/proto/tend/admin/v1"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
@@ -381,11 +378,7 @@ func adminClient(path string) (adminv1.AdminServiceClient, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	tc, err := conf.TLSConfig()
-	if err != nil {
-		return nil, nil, err
-	}
-	conn, err := grpc.NewClient(conf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := conf.Dial()
 	if err != nil {
 		return nil, nil, err
 	}

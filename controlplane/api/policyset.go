@@ -26,7 +26,8 @@ type PolicySet struct {
 	Log        *slog.Logger
 	reload     sync.Mutex // one Reload at a time: a newer snapshot always wins
 	mu         sync.RWMutex
-	policies   []loadedPolicy
+	policies   []loadedPolicy          // sorted by name: assignments are stable
+	byName     map[string]loadedPolicy // Lookup is on the path of every result
 	generation uint64
 }
 
@@ -58,8 +59,13 @@ func (ps *PolicySet) Reload(st store.Store) error {
 		loaded = append(loaded, loadedPolicy{p: p, version: sp.Version})
 	}
 	sort.Slice(loaded, func(i, j int) bool { return loaded[i].p.Name() < loaded[j].p.Name() })
+	byName := make(map[string]loadedPolicy, len(loaded))
+	for _, lp := range loaded {
+		byName[lp.p.Name()] = lp
+	}
 	ps.mu.Lock()
 	ps.policies = loaded
+	ps.byName = byName
 	ps.generation++
 	ps.mu.Unlock()
 	return nil
@@ -90,15 +96,14 @@ func (ps *PolicySet) Assignment(labels map[string]string) *agentv1.CheckAssignme
 func (ps *PolicySet) MatchedAgents(name string, agents []store.Agent) []string {
 	ps.mu.RLock()
 	defer ps.mu.RUnlock()
+	lp, ok := ps.byName[name]
+	if !ok {
+		return nil
+	}
 	var out []string
-	for _, lp := range ps.policies {
-		if lp.p.Name() != name {
-			continue
-		}
-		for _, a := range agents {
-			if !a.Revoked && lp.p.Matches(a.Labels) {
-				out = append(out, a.Name)
-			}
+	for _, a := range agents {
+		if !a.Revoked && lp.p.Matches(a.Labels) {
+			out = append(out, a.Name)
 		}
 	}
 	return out
@@ -115,12 +120,11 @@ func (ps *PolicySet) PushAll(f *fleet.Registry) {
 func (ps *PolicySet) Lookup(name string) (*policy.Policy, uint64, bool) {
 	ps.mu.RLock()
 	defer ps.mu.RUnlock()
-	for _, lp := range ps.policies {
-		if lp.p.Name() == name {
-			return lp.p, lp.version, true
-		}
+	lp, ok := ps.byName[name]
+	if !ok {
+		return nil, 0, false
 	}
-	return nil, 0, false
+	return lp.p, lp.version, true
 }
 
 // MatchedCount is how many non-revoked agents the policy's selector matches.

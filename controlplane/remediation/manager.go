@@ -241,10 +241,6 @@ func (m *Manager) OnResults(agentID string, results []*agentv1.CheckResult) {
 	})
 }
 
-func statusWord(s agentv1.CheckStatus) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "CHECK_STATUS_"))
-}
-
 func firstLine(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
@@ -268,13 +264,19 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 	if err != nil {
 		return
 	}
-	agent, ok := m.cfg.Fleet.Get(agentID)
-	if !ok {
-		return
+	// The agent's labels only matter to a `when` expression: a copy of the
+	// agent per result would be wasted on the path of every result.
+	var labels map[string]string
+	if rule.When != "" {
+		agent, ok := m.cfg.Fleet.Get(agentID)
+		if !ok {
+			return
+		}
+		labels = agent.Labels
 	}
 	now := m.cfg.Now()
 	tr := m.track(agentID, p.Name())
-	d := rule.Observe(&tr.state, r, agent.Labels, now)
+	d := rule.Observe(&tr.state, r, labels, now)
 	if d.Passed {
 		tr.passes++
 	} else {
@@ -290,7 +292,7 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 		switch {
 		case d.Trigger:
 			tr.triggerAt = received
-			m.open(tr, p, version, agent, r, d)
+			m.open(tr, p, version, r, d)
 		case d.Flapping:
 			m.openFlapping(tr, p, version, d)
 		}
@@ -322,8 +324,9 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 	}
 }
 
-func (m *Manager) open(tr *track, p *policy.Policy, version uint64, agent store.Agent, r *agentv1.CheckResult, d engine.Decision) {
+func (m *Manager) open(tr *track, p *policy.Policy, version uint64, r *agentv1.CheckResult, d engine.Decision) {
 	now := m.cfg.Now()
+	agent, _ := m.cfg.Fleet.Get(tr.key.agent)
 	inc := store.Incident{
 		ID:            newID("inc"),
 		AgentID:       tr.key.agent,
@@ -334,7 +337,7 @@ func (m *Manager) open(tr *track, p *policy.Policy, version uint64, agent store.
 		UpdatedAt:     now,
 		Reason:        d.Reason,
 		Timeline: []store.Event{{At: now, Kind: "detected",
-			Message: fmt.Sprintf("%s on %s: %s; last result %s: %s", p.Name(), agent.Name, d.Reason, statusWord(r.GetStatus()), firstLine(r.GetOutput()))}},
+			Message: fmt.Sprintf("%s on %s: %s; last result %s: %s", p.Name(), agent.Name, d.Reason, engine.StatusName(r.GetStatus()), firstLine(r.GetOutput()))}},
 	}
 	if err := m.cfg.Store.CreateIncident(inc); err != nil {
 		if errors.Is(err, store.ErrExists) {

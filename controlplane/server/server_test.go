@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"tend.dev/tend/agent"
@@ -40,9 +38,7 @@ func testServer(t testing.TB, dataDir string, opts ...func(*Config)) (*Server, a
 	})
 	conf, err := adminconf.Load(filepath.Join(dataDir, AdminConfFile))
 	require.NoError(t, err)
-	tc, err := conf.TLSConfig()
-	require.NoError(t, err)
-	conn, err := grpc.NewClient(conf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := conf.Dial()
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return s, adminv1.NewAdminServiceClient(conn)
@@ -164,9 +160,7 @@ func TestAgentRenewsCertificate(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	conf, err := adminconf.Load(filepath.Join(dir, AdminConfFile))
 	require.NoError(t, err)
-	tc, err := conf.TLSConfig()
-	require.NoError(t, err)
-	conn, err := grpc.NewClient(conf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := conf.Dial()
 	require.NoError(t, err)
 	defer conn.Close()
 	admin := adminv1.NewAdminServiceClient(conn)

@@ -8,9 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"tend.dev/tend/internal/pki"
 )
 
 // Config is the content of admin.conf.
@@ -57,27 +60,7 @@ func Save(path string, c *Config) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".admin.conf-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return pki.WriteFileAtomic(path, b, 0o600)
 }
 
 // TLSConfig builds the client TLS config: the admin certificate, and the CA
@@ -97,4 +80,14 @@ func (c *Config) TLSConfig() (*tls.Config, error) {
 		ServerName:   c.ServerName,
 		MinVersion:   tls.VersionTLS13,
 	}, nil
+}
+
+// Dial returns a client connection to the control plane with the admin
+// credentials (the connection itself is made by the first call).
+func (c *Config) Dial() (*grpc.ClientConn, error) {
+	tc, err := c.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(c.Server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 }

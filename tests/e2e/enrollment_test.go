@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/tls"
 	"strings"
 	"testing"
@@ -84,11 +85,7 @@ func TestEnrollmentRefusals(t *testing.T) {
 		require.NoError(t, err)
 		defer conn.Close()
 		ctx := ctxTimeout(t, 10*time.Second)
-		stream, err := agentv1.NewAgentServiceClient(conn).Connect(ctx)
-		if err == nil {
-			_ = stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{}}})
-			_, err = stream.Recv()
-		}
+		err = openStream(ctx, conn)
 		require.Equal(t, codes.Unauthenticated, status.Code(err), "got %v", err)
 		_, err = adminv1.NewAdminServiceClient(conn).ListAgents(ctx, &adminv1.ListAgentsRequest{})
 		require.Equal(t, codes.Unauthenticated, status.Code(err), "got %v", err)
@@ -109,11 +106,7 @@ func TestEnrollmentRefusals(t *testing.T) {
 		require.NoError(t, err)
 		defer conn.Close()
 		ctx := ctxTimeout(t, 10*time.Second)
-		stream, err := agentv1.NewAgentServiceClient(conn).Connect(ctx)
-		if err == nil {
-			_ = stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{}}})
-			_, err = stream.Recv()
-		}
+		err = openStream(ctx, conn)
 		require.Error(t, err)
 		require.Contains(t, []codes.Code{codes.Unavailable, codes.Unauthenticated}, status.Code(err), "got %v", err)
 	})
@@ -131,11 +124,19 @@ func TestEnrollmentRefusals(t *testing.T) {
 		require.NoError(t, err)
 		defer conn.Close()
 		ctx := ctxTimeout(t, 10*time.Second)
-		stream, err := agentv1.NewAgentServiceClient(conn).Connect(ctx)
-		if err == nil {
-			_ = stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{}}})
-			_, err = stream.Recv()
-		}
+		err = openStream(ctx, conn)
 		require.Error(t, err)
 	})
+}
+
+// openStream opens the agent stream, says hello and waits for the answer:
+// the error says whether a stream could be had at all.
+func openStream(ctx context.Context, conn *grpc.ClientConn) error {
+	stream, err := agentv1.NewAgentServiceClient(conn).Connect(ctx)
+	if err != nil {
+		return err
+	}
+	_ = stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{}}})
+	_, err = stream.Recv()
+	return err
 }

@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"tend.dev/tend/internal/adminconf"
 	adminv1 "tend.dev/tend/proto/tend/admin/v1"
@@ -218,9 +216,7 @@ func (c *controlPlane) admin(t *testing.T) adminv1.AdminServiceClient {
 	t.Helper()
 	conf, err := adminconf.Load(c.adminConf())
 	require.NoError(t, err)
-	tc, err := conf.TLSConfig()
-	require.NoError(t, err)
-	conn, err := grpc.NewClient(conf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := conf.Dial()
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return adminv1.NewAdminServiceClient(conn)

@@ -123,17 +123,24 @@ func kinds(inc *adminv1.Incident) []string {
 	return out
 }
 
+// applyDemoPolicies applies the demo's policies and waits until the agent
+// reports all three of their checks ok.
+func applyDemoPolicies(t *testing.T, cp *controlPlane, agent string) {
+	t.Helper()
+	root, _ := filepath.Abs("../..")
+	cp.mustTendctl(t, "apply", "-f", filepath.Join(root, "deploy/examples/demo-service.yaml"))
+	require.Eventually(t, func() bool {
+		out, _, err := cp.tendctl(t, "get", "checks", "--agent", agent, "-o", "json")
+		return err == nil && strings.Count(out, `"status": "ok"`) >= 3
+	}, 20*time.Second, 200*time.Millisecond)
+}
+
 // A killed process is restarted by process.restart; the incident is
 // resolved through verification.
 func TestKilledProcessIsRestartedAndVerified(t *testing.T) {
 	cp := startControlPlane(t, t.TempDir(), "")
 	h := newRemediationHost(t, cp, "web-1", cp.token(t), allowDemo)
-	root, _ := filepath.Abs("../..")
-	cp.mustTendctl(t, "apply", "-f", filepath.Join(root, "deploy/examples/demo-service.yaml"))
-	require.Eventually(t, func() bool {
-		out, _, err := cp.tendctl(t, "get", "checks", "--agent", "web-1", "-o", "json")
-		return err == nil && strings.Count(out, `"status": "ok"`) >= 3
-	}, 20*time.Second, 200*time.Millisecond)
+	applyDemoPolicies(t, cp, "web-1")
 
 	old := servicePid(h)
 	require.NoError(t, syscall.Kill(old, syscall.SIGKILL))
@@ -151,12 +158,7 @@ func TestFullTmpfsIsCleaned(t *testing.T) {
 	h := newRemediationHost(t, cp, "web-1", cp.token(t), allowDemo)
 	require.NoError(t, unix.Mount("tmpfs", h.spool, "tmpfs", 0, "size=2m"))
 	t.Cleanup(func() { _ = unix.Unmount(h.spool, unix.MNT_DETACH) })
-	root, _ := filepath.Abs("../..")
-	cp.mustTendctl(t, "apply", "-f", filepath.Join(root, "deploy/examples/demo-service.yaml"))
-	require.Eventually(t, func() bool {
-		out, _, err := cp.tendctl(t, "get", "checks", "--agent", "web-1", "-o", "json")
-		return err == nil && strings.Count(out, `"status": "ok"`) >= 3
-	}, 20*time.Second, 200*time.Millisecond)
+	applyDemoPolicies(t, cp, "web-1")
 
 	keep := filepath.Join(h.spool, "keep.dat") // not *.log: must survive
 	require.NoError(t, os.WriteFile(keep, make([]byte, 64<<10), 0o644))
@@ -180,12 +182,7 @@ func TestFullTmpfsIsCleaned(t *testing.T) {
 func TestFailingHTTPCheckIsFixed(t *testing.T) {
 	cp := startControlPlane(t, t.TempDir(), "")
 	h := newRemediationHost(t, cp, "web-1", cp.token(t), allowDemo)
-	root, _ := filepath.Abs("../..")
-	cp.mustTendctl(t, "apply", "-f", filepath.Join(root, "deploy/examples/demo-service.yaml"))
-	require.Eventually(t, func() bool {
-		out, _, err := cp.tendctl(t, "get", "checks", "--agent", "web-1", "-o", "json")
-		return err == nil && strings.Count(out, `"status": "ok"`) >= 3
-	}, 20*time.Second, 200*time.Millisecond)
+	applyDemoPolicies(t, cp, "web-1")
 	resp, err := http.Post("http://"+h.svcAddr+"/fail", "text/plain", nil)
 	require.NoError(t, err)
 	resp.Body.Close()
