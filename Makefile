@@ -9,15 +9,17 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
-BINARIES := tend-controlplane tend-agent tendctl tend-demo tend-demo-service
+BINARIES := tend-controlplane tend-agent tendctl tend-demo tend-demo-service tend-bench
 # Action plugins: one binary each, tend-plugin-<name>.
 PLUGINS := $(wildcard plugins/*/cmd/tend-plugin-*)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X tend.dev/tend/internal/version.Version=$(VERSION)
 # Test timeout: the e2e suite includes a 30 s control-plane outage.
 TEST_TIMEOUT ?= 20m
+# Time each fuzz target runs in `make fuzz` (scripts/test.sh uses 4s).
+FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-e2e generate lint demo bench tools deps clean fmt vet check-generated
+.PHONY: all build test test-unit test-e2e fuzz generate lint demo bench tools deps clean fmt vet check-generated
 
 all: build
 
@@ -38,6 +40,11 @@ test-unit:
 
 test-e2e: build
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./tests/e2e/...
+
+# Every fuzz target for FUZZTIME; fails on any crasher (kept in
+# <package>/testdata/fuzz as a regression seed).
+fuzz:
+	@FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 tools:
 	@test -x $(GOBIN)/protoc-gen-go && $(GOBIN)/protoc-gen-go --version | grep -q $(PROTOC_GEN_GO_VERSION) || $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
@@ -60,6 +67,14 @@ lint: tools
 
 demo: deps build
 	./bin/tend-demo --bin-dir bin
+
+# A short scale run: 500 simulated agents (mTLS, 10 checks every 10 s) for
+# 30 s against a control plane started on a temporary data dir; prints the
+# table of docs/BENCHMARKS.md. BENCH_FLAGS reach the full targets, e.g.
+# make bench BENCH_FLAGS="--agents 50000 --duration 10m --restart term".
+BENCH_FLAGS ?=
+bench: build
+	./bin/tend-bench --bin-dir bin --agents 500 --duration 30s $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"tend.dev/tend/agent/autonomy"
 	"tend.dev/tend/agent/checks"
 	"tend.dev/tend/agent/config"
 	"tend.dev/tend/agent/identity"
@@ -34,6 +35,7 @@ import (
 	"tend.dev/tend/internal/task"
 	"tend.dev/tend/internal/version"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
+	taskv1 "tend.dev/tend/proto/tend/task/v1"
 )
 
 // StateFile is the agent's bbolt database in its data dir.
@@ -69,6 +71,7 @@ type Agent struct {
 	allow   tasks.AllowList
 	host    *pluginhost.Host
 	runner  *tasks.Runner
+	auto    *autonomy.Autonomy
 	plugins []string
 
 	mu         sync.Mutex
@@ -165,10 +168,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 func (a *Agent) ID() string { return a.id.AgentID() }
 
 func (a *Agent) dial(ctx context.Context) (*grpc.ClientConn, error) {
-	return grpc.NewClient(a.cfg.Server,
+	return grpc.NewClient(a.cfg.Server, append(stream.DialOptions(),
 		grpc.WithTransportCredentials(credentials.NewTLS(a.id.TLSConfig(a.cfg.Server))),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 }
 
 func (a *Agent) sink(spec *agentv1.CheckSpec, res checks.Result, started time.Time, took time.Duration) {
@@ -187,6 +190,9 @@ func (a *Agent) sink(spec *agentv1.CheckSpec, res checks.Result, started time.Ti
 	}
 	if a.client != nil {
 		a.client.Notify()
+	}
+	if a.auto != nil {
+		a.auto.Observe(r)
 	}
 }
 
@@ -292,6 +298,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		Hello:        a.hello,
 		OnAssignment: a.onAssignment,
 		OnTask:       func(d *agentv1.TaskDelivery) { a.runner.Deliver(d) },
+		OnSigningKeys: func(ks *agentv1.SigningKeySet) (bool, error) {
+			return a.id.SetSigningKeys(ks.GetKeys())
+		},
+		KeyIDs: a.id.SigningKeyIDs,
+		OnStandingOrders: func(so *agentv1.StandingOrders) {
+			if err := a.auto.SetOrders(so); err != nil {
+				a.log.Error("cannot store the standing orders", "err", err)
+			}
+		},
+		AutonomousRuns: func() ([]*agentv1.AutonomousRun, error) { return a.auto.Reports() },
+		OnAutonomousAck: func(id string) {
+			if err := a.auto.Acked(id); err != nil {
+				a.log.Error("cannot forget an acknowledged autonomous run", "run", id, "err", err)
+			}
+		},
 		// Generations only order assignments within one stream: a
 		// control plane restarted with another clock starts afresh.
 		OnWelcome: func(*agentv1.Welcome) {
@@ -315,6 +336,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runner.Start()
 	defer a.host.Close()
 	defer a.runner.Stop()
+	auto, err := autonomy.New(autonomy.Config{
+		DB:      a.db,
+		AgentID: a.id.AgentID(),
+		Keys:    func() map[string]ed25519.PublicKey { return task.KeyMap(a.id.SigningKeys()) },
+		Run: func(ctx context.Context, runID string, o *taskv1.StandingOrder) tasks.LocalResult {
+			return a.runner.RunLocal(ctx, runID, o.GetAction(), o.GetParams(), o.GetTimeout().AsDuration())
+		},
+		Offline: a.client.OfflineFor,
+		Notify:  a.client.NotifyRuns,
+		Log:     a.log,
+	})
+	if err != nil {
+		return err
+	}
+	a.auto = auto
+	defer auto.Stop()
 	go a.warmPlugins()
 
 	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"))
@@ -334,7 +371,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.renewLoop(ctx) }()
 	a.log.Info("agent running", "server", a.cfg.Server, "local_checks", len(a.cfg.LocalChecks), "assigned_checks", len(a.assigned),
 		"allowed_actions", a.allow.Actions(), "plugins", a.plugins)
-	err := a.client.Run(ctx)
+	err = a.client.Run(ctx)
 	wg.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil

@@ -125,24 +125,24 @@ func (c *processCheck) checkPidfile() Result {
 	b, err := readCapped(c.pidfile, maxPidfile)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return result(statusCritical, none, "pidfile %s does not exist: the process is not running (or writes its pidfile elsewhere)", c.pidfile)
+		return result(statusCritical, none, "pidfile %s does not exist: the process is not running (or writes its pidfile elsewhere)", quote(c.pidfile))
 	case err != nil:
-		return result(statusUnknown, nil, "cannot read pidfile %s: %v", c.pidfile, err)
+		return result(statusUnknown, nil, "cannot read pidfile %s: %v", quote(c.pidfile), err)
 	}
 	pid, err := parsePid(b)
 	if err != nil {
-		return result(statusCritical, none, "pidfile %s does not hold a pid: %v", c.pidfile, err)
+		return result(statusCritical, none, "pidfile %s does not hold a pid: %v", quote(c.pidfile), err)
 	}
 	st, err := c.readStat(pid)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return result(statusCritical, none, "stale pidfile %s: process %d is not running", c.pidfile, pid)
+		return result(statusCritical, none, "stale pidfile %s: process %d is not running", quote(c.pidfile), pid)
 	case err != nil:
-		return result(statusUnknown, nil, "cannot read the state of process %d from pidfile %s: %v", pid, c.pidfile, err)
+		return result(statusUnknown, nil, "cannot read the state of process %d from pidfile %s: %v", pid, quote(c.pidfile), err)
 	case st.dead():
-		return result(statusCritical, none, "process %d (%s) from pidfile %s is a zombie: it has exited and its parent has not reaped it", pid, quote(st.Comm), c.pidfile)
+		return result(statusCritical, none, "process %d (%s) from pidfile %s is a zombie: it has exited and its parent has not reaped it", pid, quote(st.Comm), quote(c.pidfile))
 	}
-	return result(statusOK, map[string]float64{"pids": 1}, "process %d (%s) from pidfile %s is running", pid, quote(st.Comm), c.pidfile)
+	return result(statusOK, map[string]float64{"pids": 1}, "process %d (%s) from pidfile %s is running", pid, quote(st.Comm), quote(c.pidfile))
 }
 
 func (c *processCheck) readStat(pid int) (procStat, error) {

@@ -7,6 +7,7 @@ package identity
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
@@ -23,6 +24,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
 
 	"tend.dev/tend/internal/pki"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
@@ -47,12 +49,14 @@ type meta struct {
 
 // Identity is the agent's credentials. Safe for concurrent use.
 type Identity struct {
-	dir  string
-	mu   sync.RWMutex
-	cert *tls.Certificate
-	leaf *x509.Certificate
-	pool *x509.CertPool
-	meta meta
+	dir string
+	mu  sync.RWMutex
+	// saveMu serializes writes of the meta file.
+	saveMu sync.Mutex
+	cert   *tls.Certificate
+	leaf   *x509.Certificate
+	pool   *x509.CertPool
+	meta   meta
 }
 
 // Load reads the identity from dir; ErrNotEnrolled if there is none.
@@ -123,6 +127,60 @@ func (id *Identity) SigningKeys() []*agentv1.SigningKey {
 	id.mu.RLock()
 	defer id.mu.RUnlock()
 	return id.meta.SigningKeys
+}
+
+// SigningKeyIDs are the ids of the pinned task-signing keys.
+func (id *Identity) SigningKeyIDs() []string {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	out := make([]string, 0, len(id.meta.SigningKeys))
+	for _, k := range id.meta.SigningKeys {
+		out = append(out, k.GetKeyId())
+	}
+	return out
+}
+
+// SetSigningKeys replaces the pinned task-signing keys with the set the
+// control plane sent (over the CA-pinned mTLS connection: the stream or a
+// renewal), durably; keys missing from it are no longer accepted. It
+// reports whether the set changed. A malformed set is refused whole.
+func (id *Identity) SetSigningKeys(keys []*agentv1.SigningKey) (bool, error) {
+	if len(keys) == 0 {
+		return false, errors.New("signing key set is empty: keeping the current keys")
+	}
+	if len(keys) > 16 {
+		return false, fmt.Errorf("signing key set has %d keys (max 16): keeping the current keys", len(keys))
+	}
+	for _, k := range keys {
+		if len(k.GetPublicKey()) != ed25519.PublicKeySize || pki.KeyID(k.GetPublicKey()) != k.GetKeyId() {
+			return false, fmt.Errorf("signing key %.64q: not an Ed25519 public key with that id: keeping the current keys", k.GetKeyId())
+		}
+	}
+	id.saveMu.Lock()
+	defer id.saveMu.Unlock()
+	id.mu.Lock()
+	same := len(keys) == len(id.meta.SigningKeys)
+	for i := 0; same && i < len(keys); i++ {
+		same = proto.Equal(keys[i], id.meta.SigningKeys[i])
+	}
+	if same {
+		id.mu.Unlock()
+		return false, nil
+	}
+	old := id.meta.SigningKeys
+	id.meta.SigningKeys = keys
+	b, err := json.MarshalIndent(id.meta, "", "  ")
+	id.mu.Unlock()
+	if err == nil {
+		err = pki.WriteFileAtomic(filepath.Join(id.dir, MetaFile), b, 0o600)
+	}
+	if err != nil {
+		id.mu.Lock()
+		id.meta.SigningKeys = old
+		id.mu.Unlock()
+		return false, fmt.Errorf("save signing keys: %w", err)
+	}
+	return true, nil
 }
 
 // Expiry is when the current certificate expires.
@@ -287,10 +345,7 @@ func (id *Identity) Renew(ctx context.Context, conn grpc.ClientConnInterface) er
 		}
 	}
 	if len(resp.GetSigningKeys()) > 0 {
-		id.mu.Lock()
-		id.meta.SigningKeys = resp.GetSigningKeys()
-		id.mu.Unlock()
-		if err := id.saveMeta(); err != nil {
+		if _, err := id.SetSigningKeys(resp.GetSigningKeys()); err != nil {
 			return err
 		}
 	}

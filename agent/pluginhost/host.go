@@ -2,9 +2,11 @@
 // for the agent, through hashicorp/go-plugin over gRPC.
 //
 // Plugins come from a Catalog, loaded once, that records the SHA-256 of
-// each binary; go-plugin checks it before every start (SecureConfig), so a
-// binary changed after it was catalogued is refused. A plugin is started
-// on first use and kept running; AutoMTLS secures the connection.
+// each binary. Before every start the host copies the binary into a sealed
+// memfd, hashing the bytes it copies, and runs the copy (exec_linux.go):
+// a binary changed after it was catalogued is refused, and one swapped
+// between the check and the start cannot run. A plugin is started on first
+// use and kept running; AutoMTLS secures the connection.
 //
 // Each plugin leads its own session and process group. When a call passes
 // its deadline (the task's timeout) or is cancelled, the host kills the
@@ -18,12 +20,10 @@ package pluginhost
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -180,7 +180,19 @@ func pluginEnv() []string {
 
 func (h *Host) start(name string, e Entry) (*instance, error) {
 	log := h.log.With("plugin", name)
-	cmd := exec.Command(e.Path)
+	// What runs is exactly what the catalog hashed (exec_linux.go).
+	cmd, pinned, secure, how, err := verifiedCmd(name, e)
+	if err != nil {
+		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
+			return nil, fmt.Errorf("%w: %s no longer matches the SHA-256 %x recorded when the plugin catalog was loaded: it was changed after it was catalogued, so it is not run (reload the catalog, i.e. restart the agent, to trust a new binary): %w",
+				ErrRefused, e.Path, e.SHA256, err)
+		}
+		return nil, fmt.Errorf("%w: cannot start plugin %s (%s): %w", ErrRefused, name, e.Path, err)
+	}
+	if pinned != nil {
+		// The child has its own copy of the descriptor once started.
+		defer pinned.Close()
+	}
 	cmd.Env = pluginEnv()
 	// Its own session, and so its own process group: a timeout kills
 	// both without touching the agent.
@@ -193,7 +205,7 @@ func (h *Host) start(name string, e Entry) (*instance, error) {
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		Managed:          false,
-		SecureConfig:     &plugin.SecureConfig{Checksum: e.SHA256, Hash: sha256.New()},
+		SecureConfig:     secure,
 		StartTimeout:     startTimeout,
 		SyncStdout:       &lineWriter{log: log, level: slog.LevelInfo, msg: "plugin stdout"},
 		SyncStderr:       &lineWriter{log: log, level: slog.LevelWarn, msg: "plugin stderr"},
@@ -235,7 +247,7 @@ func (h *Host) start(name string, e Entry) (*instance, error) {
 	for _, a := range desc.GetActions() {
 		inst.actions = append(inst.actions, name+"."+a.GetName())
 	}
-	log.Info("plugin started", "pid", inst.pid, "version", desc.GetVersion(), "actions", strings.Join(inst.actions, ","))
+	log.Info("plugin started", "pid", inst.pid, "version", desc.GetVersion(), "actions", strings.Join(inst.actions, ","), "verified_via", how)
 	return inst, nil
 }
 

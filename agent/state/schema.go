@@ -30,12 +30,17 @@ var (
 	// bucketTaskUpdateIndex finds a task's updates: key = 2-byte length of
 	// the task id, the task id, the 8-byte update key; value empty.
 	bucketTaskUpdateIndex = []byte("task_update_index")
+	// bucketAutonomyRuns holds the reports of remediations run under a
+	// standing order, keyed by run id, until the control plane acknowledges
+	// them (agentv1.AutonomousRun, protobuf).
+	bucketAutonomyRuns = []byte("autonomy_runs")
 )
 
-// The task buckets were added without a schema version change: they are
-// created in any file that lacks them (see migrate), and a tend-agent that
-// does not know them ignores them.
-var allBuckets = [][]byte{bucketMeta, bucketOutbox, bucketOutboxMeta, bucketTasks, bucketTaskUpdates, bucketTaskUpdateIndex}
+// The task and autonomy buckets were added without a schema version change:
+// they are created in any file that lacks them (see migrate), and a
+// tend-agent that does not know them ignores them.
+
+var allBuckets = [][]byte{bucketMeta, bucketOutbox, bucketOutboxMeta, bucketTasks, bucketTaskUpdates, bucketTaskUpdateIndex, bucketAutonomyRuns}
 
 // Keys in bucketMeta that belong to this package.
 const (

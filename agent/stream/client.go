@@ -40,6 +40,30 @@ const (
 	DefaultTaskResendInterval = 30 * time.Second
 )
 
+// Message size limits of the agent's connection (DialOptions). The
+// control plane refuses messages over 4 MiB (controlplane/server
+// DefaultMaxRecvMsgSize) and sends at most 16 MiB (DefaultMaxSendMsgSize).
+const (
+	// MaxSendMsgSize caps one message the agent sends: a result batch
+	// holds at most BatchMaxBytes (default 1 MiB) of results plus one, and
+	// a result's output is capped at 4 KiB; the control plane would refuse
+	// more anyway.
+	MaxSendMsgSize = 4 << 20
+	// MaxRecvMsgSize caps one message the agent accepts: the largest are
+	// its check assignment (one spec per policy that selects it) and task
+	// envelopes (params from a policy file of at most 1 MiB).
+	MaxRecvMsgSize = 16 << 20
+)
+
+// DialOptions are the gRPC options of every connection to the control
+// plane, beyond credentials: the message size limits.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithDefaultCallOptions(
+		grpc.MaxCallRecvMsgSize(MaxRecvMsgSize),
+		grpc.MaxCallSendMsgSize(MaxSendMsgSize),
+	)}
+}
+
 // minHeartbeatInterval guards against a Welcome with a tiny interval.
 const minHeartbeatInterval = 10 * time.Millisecond
 
@@ -68,6 +92,18 @@ type Config struct {
 	// OnTask, if set, receives every TaskDelivery. It must not block
 	// (tasks.Runner.Deliver queues or rejects at once).
 	OnTask func(*agentv1.TaskDelivery)
+	// OnSigningKeys, if set, applies a SigningKeySet (durably) and reports
+	// whether it changed the keys; KeyIDs lists the keys held now, for
+	// Hello and for the heartbeat after a change.
+	OnSigningKeys func(*agentv1.SigningKeySet) (bool, error)
+	KeyIDs        func() []string
+	// OnStandingOrders, if set, receives every StandingOrders message.
+	OnStandingOrders func(*agentv1.StandingOrders)
+	// AutonomousRuns, if set, lists the run reports to send (after task
+	// updates, before results); OnAutonomousAck is told each one the
+	// control plane acknowledged.
+	AutonomousRuns  func() ([]*agentv1.AutonomousRun, error)
+	OnAutonomousAck func(runID string)
 	// Backoff is the reconnect schedule (gRPC's: 1s ×1.6 ±20%, max 120s).
 	Backoff BackoffConfig
 	// BatchMax is the most results in one ResultBatch (default 500).
@@ -103,6 +139,8 @@ func (c Config) withDefaults() Config {
 	if c.BatchMaxBytes <= 0 {
 		c.BatchMaxBytes = DefaultBatchMaxBytes
 	}
+	// A batch must fit in one message, with room for its envelope.
+	c.BatchMaxBytes = min(c.BatchMaxBytes, MaxSendMsgSize-64<<10)
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = DefaultMaxInFlight
 	}
@@ -148,6 +186,14 @@ type Client struct {
 
 	connected atomic.Bool
 	batchID   atomic.Uint64
+	// keysChanged: the next heartbeat reports the signing keys held.
+	keysChanged atomic.Bool
+	// offlineSince (unix nanos) is when the last session ended, or when
+	// the client was created; 0 while connected.
+	offlineSince atomic.Int64
+	// runsGen counts NotifyRuns calls: run reports are read again only
+	// when it changed.
+	runsGen atomic.Uint64
 
 	connectAttempts, connects, batchesSent, resultsSent     atomic.Uint64
 	batchesAcked, resultsAcked, heartbeatsSent, assignments atomic.Uint64
@@ -161,13 +207,15 @@ type Client struct {
 // New returns a client; Run starts it.
 func New(cfg Config) *Client {
 	cfg = cfg.withDefaults()
-	return &Client{
+	c := &Client{
 		cfg:    cfg,
 		log:    cfg.Log.With("component", "agent_stream"),
 		notify: make(chan struct{}, 1),
 		rand:   rand.Float64,
 		wait:   sleep,
 	}
+	c.offlineSince.Store(time.Now().UnixNano())
+	return c
 }
 
 // Notify wakes the sender: new results were appended to the outbox. It never
@@ -179,12 +227,29 @@ func (c *Client) Notify() {
 	}
 }
 
+// NotifyRuns wakes the sender: an autonomous run report was stored.
+func (c *Client) NotifyRuns() {
+	c.runsGen.Add(1)
+	c.Notify()
+}
+
 // NotifyTasks wakes the sender: a task update was written to the outbox
 // (state.DB.PutTaskUpdate). It never blocks.
 func (c *Client) NotifyTasks() { c.Notify() }
 
 // Connected reports whether a session is up (Welcome received, not ended).
 func (c *Client) Connected() bool { return c.connected.Load() }
+
+// OfflineFor is how long the control plane has been unreachable: 0 while a
+// session is up, else the time since the last one ended (or since the
+// client was created, if it never connected).
+func (c *Client) OfflineFor() time.Duration {
+	since := c.offlineSince.Load()
+	if since == 0 || c.connected.Load() {
+		return 0
+	}
+	return time.Since(time.Unix(0, since))
+}
 
 // Stats returns the client's counters.
 func (c *Client) Stats() Stats {

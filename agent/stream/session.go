@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"tend.dev/tend/internal/failpoint"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
 
@@ -75,7 +76,11 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	upSince := time.Now()
 	c.connects.Add(1)
 	c.connected.Store(true)
-	defer c.connected.Store(false)
+	c.offlineSince.Store(0)
+	defer func() {
+		c.offlineSince.Store(time.Now().UnixNano())
+		c.connected.Store(false)
+	}()
 	pending, dropped, _ := c.cfg.DB.Stats()
 	hb := welcome.GetHeartbeatInterval().AsDuration()
 	if hb <= 0 {
@@ -121,8 +126,15 @@ func (c *Client) handshake(sctx context.Context, cancel context.CancelCauseFunc,
 	if hello == nil {
 		hello = &agentv1.Hello{}
 	}
-	hello.OutboxPending, hello.OutboxDroppedTotal, _ = c.cfg.DB.Stats()
+	var nextSeq uint64
+	hello.OutboxPending, hello.OutboxDroppedTotal, nextSeq = c.cfg.DB.Stats()
+	if nextSeq > 0 {
+		hello.ResultsThrough = nextSeq - 1
+	}
 	hello.TaskSeqHighWater = c.cfg.DB.TaskHighWater()
+	if c.cfg.KeyIDs != nil {
+		hello.SigningKeyIds = c.cfg.KeyIDs()
+	}
 	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return nil, fmt.Errorf("send hello: %w", streamErr(sctx, stream, err))
 	}
@@ -168,6 +180,8 @@ func recvError(err error) error {
 func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window, recvErr <-chan error, hb time.Duration) error {
 	var lastSent uint64                             // every session starts from the first unacked result
 	tasks := &taskSends{at: map[uint64]time.Time{}} // ... and from the first unacked task update
+	autoSent := map[string]bool{}                   // run reports sent on this session
+	runsGen := c.runsGen.Load() - 1                 // read them once at the start
 	hbTimer := time.NewTimer(c.jitter(hb))
 	defer hbTimer.Stop()
 	poll := time.NewTicker(c.cfg.PollInterval)
@@ -176,6 +190,12 @@ func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window
 		// Task updates first: they are few and someone is waiting for them.
 		if err := c.sendTaskUpdates(stream, tasks); err != nil {
 			return err
+		}
+		if g := c.runsGen.Load(); g != runsGen {
+			runsGen = g
+			if err := c.sendAutonomousRuns(stream, autoSent); err != nil {
+				return err
+			}
 		}
 		if err := c.fill(stream, win, &lastSent); err != nil {
 			return err
@@ -201,11 +221,15 @@ func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window
 		case <-poll.C:
 		case <-hbTimer.C:
 			pending, dropped, _ := c.cfg.DB.Stats()
-			err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{
+			beat := &agentv1.Heartbeat{
 				SentAt:             timestamppb.Now(),
 				OutboxPending:      pending,
 				OutboxDroppedTotal: dropped,
-			}}})
+			}
+			if c.keysChanged.Swap(false) && c.cfg.KeyIDs != nil {
+				beat.SigningKeyIds = c.cfg.KeyIDs()
+			}
+			err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Heartbeat{Heartbeat: beat}})
 			if err != nil {
 				return fmt.Errorf("send heartbeat: %w", err)
 			}
@@ -265,6 +289,31 @@ type taskSends struct {
 	at   map[uint64]time.Time // when each unacknowledged update was sent
 }
 
+// sendAutonomousRuns sends the run reports not yet sent on this session;
+// the agent keeps each until acknowledged, and a new session sends it
+// again.
+func (c *Client) sendAutonomousRuns(stream connectStream, sent map[string]bool) error {
+	if c.cfg.AutonomousRuns == nil {
+		return nil
+	}
+	runs, err := c.cfg.AutonomousRuns()
+	if err != nil {
+		c.log.Error("cannot read the autonomous run reports", "err", err)
+		return nil
+	}
+	for _, r := range runs {
+		if sent[r.GetRunId()] {
+			continue
+		}
+		if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_AutonomousRun{AutonomousRun: r}}); err != nil {
+			return fmt.Errorf("send autonomous run %s: %w", r.GetRunId(), err)
+		}
+		sent[r.GetRunId()] = true
+		c.log.Info("autonomous run reported", "run", r.GetRunId())
+	}
+	return nil
+}
+
 // sendTaskUpdates sends every pending task update written after the last one
 // sent, oldest first. Updates stay in the outbox until a TaskUpdateAck; a new
 // session sends all of them again, and so does this one when the oldest
@@ -297,6 +346,7 @@ func (c *Client) sendTaskUpdates(stream connectStream, ts *taskSends) error {
 		}
 		for _, e := range es {
 			u := e.Update
+			failpoint.Inject(failpoint.AgentBeforeTaskReport)
 			if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_TaskUpdate{TaskUpdate: u}}); err != nil {
 				return fmt.Errorf("send task update %s (%s): %w", u.GetTaskId(), u.GetState(), err)
 			}
@@ -345,6 +395,7 @@ func (c *Client) receive(stream connectStream, win *window) error {
 			}
 		case *agentv1.ConnectResponse_Task:
 			c.tasks.Add(1)
+			failpoint.Inject(failpoint.AgentAfterTaskReceive)
 			if c.cfg.OnTask != nil {
 				c.cfg.OnTask(m.Task)
 			} else {
@@ -356,6 +407,29 @@ func (c *Client) receive(stream connectStream, win *window) error {
 			}
 			c.taskUpdatesAcked.Add(1)
 			c.log.Debug("task update acknowledged", "task_id", m.TaskAck.GetTaskId(), "state", m.TaskAck.GetState())
+		case *agentv1.ConnectResponse_SigningKeys:
+			if c.cfg.OnSigningKeys == nil {
+				break
+			}
+			changed, err := c.cfg.OnSigningKeys(m.SigningKeys)
+			if err != nil {
+				// Keep the keys held: tasks signed with a key the agent
+				// does not hold are rejected, which is the safe side.
+				c.log.Error("signing key set from the control plane refused", "err", err)
+				break
+			}
+			if changed {
+				c.log.Info("task-signing keys updated", "keys", len(m.SigningKeys.GetKeys()))
+				c.keysChanged.Store(true)
+			}
+		case *agentv1.ConnectResponse_StandingOrders:
+			if c.cfg.OnStandingOrders != nil {
+				c.cfg.OnStandingOrders(m.StandingOrders)
+			}
+		case *agentv1.ConnectResponse_AutonomousAck:
+			if c.cfg.OnAutonomousAck != nil {
+				c.cfg.OnAutonomousAck(m.AutonomousAck.GetRunId())
+			}
 		case *agentv1.ConnectResponse_HeartbeatAck:
 		case *agentv1.ConnectResponse_Welcome:
 			return errors.New("protocol error: second Welcome on one stream")

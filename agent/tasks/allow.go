@@ -11,28 +11,24 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"tend.dev/tend/agent/config"
+	"tend.dev/tend/internal/actions"
 	"tend.dev/tend/internal/task"
 )
 
 // Built-in actions whose parameters the allow-list understands.
 const (
-	ActionProcessRestart = "process.restart"
-	ActionProcessKill    = "process.kill"
-	ActionServiceRestart = "service.restart"
-	ActionDiskCleanup    = "disk.cleanup"
-	ActionExecRun        = "exec.run"
+	ActionProcessRestart = actions.ProcessRestart
+	ActionProcessKill    = actions.ProcessKill
+	ActionServiceRestart = actions.ServiceRestart
+	ActionDiskCleanup    = actions.DiskCleanup
+	ActionExecRun        = actions.ExecRun
 )
 
-// knownParams are the parameters each built-in action takes (DESIGN.md);
-// any other parameter is refused, so that a task cannot smuggle in an
-// option (an environment, a working directory) the host never allowed.
-var knownParams = map[string][]string{
-	ActionProcessRestart: {"match", "command"},
-	ActionProcessKill:    {"match", "signal"},
-	ActionServiceRestart: {"name"},
-	ActionDiskCleanup:    {"path", "pattern", "olderThan", "mode"},
-	ActionExecRun:        {"argv"},
-}
+// knownParams are the parameters each built-in action takes, from the
+// actions' schemas (internal/actions, which the plugins use too); any
+// other parameter is refused, so that a task cannot smuggle in an option
+// (an environment, a working directory) the host never allowed.
+func knownParams(action string) ([]string, bool) { return actions.ParamNames(action) }
 
 // ruleFields are the agent.yaml fields that apply to each built-in action.
 var ruleFields = map[string][]string{
@@ -176,7 +172,7 @@ func (a AllowList) Check(action string, params *structpb.Struct) error {
 		return notAllowed("%s %s", action, err)
 	}
 	fields := params.GetFields()
-	if known, builtin := knownParams[action]; builtin {
+	if known, builtin := knownParams(action); builtin {
 		keys := make([]string, 0, len(fields))
 		for k := range fields {
 			keys = append(keys, k)
@@ -188,6 +184,23 @@ func (a AllowList) Check(action string, params *structpb.Struct) error {
 			}
 		}
 	}
+	if err := checkRule(action, fields, rule); err != nil {
+		return err
+	}
+	// Allowed by the host; now well-formed by the action's schema, the
+	// same the control plane checked before signing and the plugin checks
+	// again (a task from a control plane that skipped it stops here).
+	if actions.IsBuiltin(action) {
+		if err := actions.Validate(action, params.AsMap()); err != nil {
+			return task.Reject(task.CodeInvalidParams, "%s %v", action, err)
+		}
+	}
+	return nil
+}
+
+// checkRule checks the params of a built-in action against the host's
+// rule for it.
+func checkRule(action string, fields map[string]*structpb.Value, rule config.ActionRule) error {
 	switch action {
 	case ActionProcessRestart:
 		if err := checkArgv(action, "command", fields["command"], rule.Commands); err != nil {

@@ -3,6 +3,7 @@ package tasks
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -119,7 +120,14 @@ func TestAllowList(t *testing.T) {
 		{"cleanup pattern injection", "disk.cleanup", P{"path": allowed, "pattern": "*.log;id"}, "shell character"},
 		{"cleanup pattern bad glob", "disk.cleanup", P{"path": allowed, "pattern": "[a-"}, "syntax error"},
 		{"cleanup bad mode", "disk.cleanup", P{"path": allowed, "mode": "shred"}, "mode must be delete or quarantine"},
-		{"cleanup unknown param", "disk.cleanup", P{"path": allowed, "recursive": true}, `parameter "recursive"`},
+		{"cleanup unknown param", "disk.cleanup", P{"path": allowed, "followSymlinks": true}, `parameter "followSymlinks" is not one this action takes (mode, olderThan, path, pattern, quarantineTTL, recursive)`},
+		{"cleanup every param the plugin takes", "disk.cleanup", P{"path": allowed, "pattern": "*.log", "olderThan": "1h", "mode": "quarantine", "recursive": true, "quarantineTTL": "2h"}, ""},
+		// Allowed by the rule, refused by the schema (the plugin's own).
+		{"cleanup recursive not a bool", "disk.cleanup", P{"path": allowed, "recursive": "yes"}, "disk.cleanup invalid params: param recursive: want a bool (true or false), got string"},
+		{"cleanup age not a duration", "disk.cleanup", P{"path": allowed, "olderThan": "7d"}, `invalid params: param olderThan: want a duration such as "30s" or "10m", got "7d"`},
+		{"restart grace too long", "process.restart", P{"command": nginx, "match": P{"name": "nginx"}, "grace": "1h"}, "invalid params: param grace: at most 5m0s, got 1h0m0s"},
+		{"restart both matches", "process.restart", P{"command": nginx, "match": P{"name": "nginx", "pidfile": "/run/nginx.pid"}}, "invalid params: param match: set exactly one of name or pidfile, not both"},
+		{"kill unknown signal", "process.kill", P{"match": P{"name": "stuck-worker"}, "signal": "TERM", "x": 1.0}, `parameter "x" is not one this action takes`},
 
 		// service.restart: a listed unit.
 		{"service allowed", "service.restart", P{"name": "nginx.service"}, ""},
@@ -161,7 +169,11 @@ func TestAllowList(t *testing.T) {
 				return
 			}
 			require.Error(t, err)
-			require.ErrorIs(t, err, task.ErrNotAllowed)
+			if strings.Contains(tc.reason, "invalid params: ") {
+				require.Equal(t, task.CodeInvalidParams, task.CodeOf(err), "%v", err)
+			} else {
+				require.ErrorIs(t, err, task.ErrNotAllowed)
+			}
 			require.Contains(t, err.Error(), tc.reason)
 		})
 	}

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -39,6 +40,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"tend.dev/tend/agent/state"
+	"tend.dev/tend/internal/failpoint"
 	"tend.dev/tend/internal/task"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 	pluginv1 "tend.dev/tend/proto/tend/plugin/v1"
@@ -288,6 +290,7 @@ func (r *Runner) handle(d *agentv1.TaskDelivery) {
 		r.reject(id, seq, t.GetAction(), err)
 		return
 	}
+	failpoint.Inject(failpoint.AgentAfterSeqPersist)
 	if err := r.cfg.Allow.Check(t.GetAction(), t.GetParams()); err != nil {
 		r.reject(id, seq, t.GetAction(), err)
 		return
@@ -322,6 +325,7 @@ func (r *Runner) execute(t *taskv1.Task) {
 	defer cancel()
 	start := time.Now()
 	r.executed.Add(1)
+	failpoint.InjectAsync(failpoint.AgentMidExecution)
 	resp, err := r.cfg.Exec.Execute(ctx, action, t.GetParams(), id, timeout)
 	took := time.Since(start)
 	switch {
@@ -382,15 +386,15 @@ func (r *Runner) report(id string, seq uint64, s agentv1.TaskState, reason, outp
 }
 
 // capMetrics keeps at most MaxMetrics metrics (the first by name) with
-// short, valid names: an update the control plane refuses would be resent
-// forever.
+// short, valid, non-empty names and finite values: an update the control
+// plane refuses (api.ValidateTaskUpdate) would be resent forever.
 func capMetrics(m map[string]float64) map[string]float64 {
 	if len(m) == 0 {
 		return nil
 	}
 	names := make([]string, 0, len(m))
-	for k := range m {
-		if len(k) <= MaxMetricNameLen && utf8.ValidString(k) {
+	for k, v := range m {
+		if k != "" && len(k) <= MaxMetricNameLen && utf8.ValidString(k) && !math.IsNaN(v) && !math.IsInf(v, 0) {
 			names = append(names, k)
 		}
 	}

@@ -32,6 +32,8 @@ func main() {
 	fs.DurationVar(&cfg.HeartbeatMinTTL, "heartbeat-ttl", 0, "minimum heartbeat TTL (default 10s; grows with fleet size)")
 	fs.DurationVar(&cfg.HeartbeatGrace, "heartbeat-grace", 0, "grace after the TTL before an agent is marked down (default 5s)")
 	fs.IntVar(&cfg.HistoryPerCheck, "history-per-check", 100, "results kept per (agent, check)")
+	fs.IntVar(&cfg.FleetMaxConcurrent, "fleet-max-concurrent", 100, "remediation tasks in flight at once across all policies (0: no limit)")
+	fs.IntVar(&cfg.FleetMaxPerHour, "fleet-max-per-hour", 1000, "remediation tasks started per hour across all policies (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&showVer, "version", false, "print the version and exit")
 	fs.Usage = func() {
@@ -62,6 +64,10 @@ func main() {
 	}
 	if cfg.HistoryPerCheck < 1 {
 		fmt.Fprintf(os.Stderr, "tend-controlplane: --history-per-check must be at least 1, got %d\n", cfg.HistoryPerCheck)
+		os.Exit(2)
+	}
+	if cfg.FleetMaxConcurrent < 0 || cfg.FleetMaxPerHour < 0 {
+		fmt.Fprintf(os.Stderr, "tend-controlplane: --fleet-max-concurrent and --fleet-max-per-hour must be 0 (no limit) or more, got %d and %d\n", cfg.FleetMaxConcurrent, cfg.FleetMaxPerHour)
 		os.Exit(2)
 	}
 	cfg.Log = log

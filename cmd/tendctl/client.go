@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 
@@ -31,7 +32,8 @@ type app struct {
 
 	conn   *grpc.ClientConn
 	client adminv1.AdminServiceClient
-	server string // the control plane's address, for messages
+	server string            // the control plane's address, for messages
+	conf   *adminconf.Config // the admin config in use, once connected
 }
 
 // config returns the admin config path: --config, else $TEND_CONFIG, else
@@ -64,7 +66,7 @@ func (a *app) connect() (adminv1.AdminServiceClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin config %s: server %q: %w", a.config(), conf.Server, err)
 	}
-	a.conn, a.server = conn, conf.Server
+	a.conn, a.server, a.conf = conn, conf.Server, conf
 	a.client = adminv1.NewAdminServiceClient(conn)
 	return a.client, nil
 }
@@ -112,13 +114,52 @@ func (a *app) rpcError(err error) error {
 		return fmt.Errorf("control plane at %s did not answer within %s (raise --timeout if it is busy)", a.server, a.timeout)
 	case codes.Canceled:
 		return errors.New("interrupted")
-	case codes.Unauthenticated, codes.PermissionDenied:
+	case codes.PermissionDenied:
+		if m := roleDeniedRE.FindStringSubmatch(msg); m != nil {
+			method := m[2][strings.LastIndex(m[2], "/")+1:]
+			needs := "another role"
+			if roles := methodRoles[method]; len(roles) > 0 {
+				needs = "the " + strings.Join(roles, " or ") + " role"
+			}
+			return fmt.Errorf("permission denied: %s needs %s, and the credential in %s has role %s (an admin can issue another: tendctl credential create NAME --role ROLE --out FILE)", method, needs, a.config(), m[1])
+		}
+		if strings.Contains(msg, "was revoked") {
+			return fmt.Errorf("permission denied: %s (%s holds a revoked credential: ask an admin for a new one)", msg, a.config())
+		}
+		return fmt.Errorf("permission denied: %s (is %s an admin config of this control plane?)", msg, a.config())
+	case codes.Unauthenticated:
 		return fmt.Errorf("%s (is %s an admin config of this control plane?)", msg, a.config())
 	case codes.Unimplemented:
 		return fmt.Errorf("%s (is the control plane older than this tendctl?)", msg)
 	}
 	return errors.New(msg)
 }
+
+// roleDeniedRE is the control plane's message when the caller's role may
+// not call a method (controlplane/api/auth.go).
+var roleDeniedRE = regexp.MustCompile(`^role "([^"]*)" may not call (\S+)$`)
+
+// methodRoles are the roles that may call each admin API method, for
+// messages only: the control plane decides (controlplane/api.MethodRoles;
+// a test checks that the two agree).
+var methodRoles = map[string][]string{
+	"ListAgents": readerRoles, "ListPolicies": readerRoles, "GetPolicy": readerRoles,
+	"ListChecks": readerRoles, "ListResults": readerRoles, "ListIncidents": readerRoles,
+	"GetIncident": readerRoles, "ListTasks": readerRoles, "ListSigningKeys": readerRoles,
+
+	"ApproveTask": operatorRoles, "RearmPolicy": operatorRoles,
+
+	"DeleteAgent": adminRoles, "ApplyPolicies": adminRoles, "DeletePolicy": adminRoles,
+	"CreateToken": adminRoles, "IssueCredential": adminRoles, "ListCredentials": adminRoles,
+	"RevokeCredential": adminRoles, "RotateSigningKey": adminRoles, "ActivateSigningKey": adminRoles,
+	"RetireSigningKey": adminRoles,
+}
+
+var (
+	readerRoles   = credentialRoles
+	operatorRoles = []string{"operator", "admin"}
+	adminRoles    = []string{"admin"}
+)
 
 // transportDetail shortens grpc's connection error text:
 // `connection error: desc = "transport: Error while dialing: dial tcp

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -20,7 +21,14 @@ import (
 func newDescribeCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "describe (policy|agent|incident) NAME",
-		Short: "Show one policy (spec and matched agents), agent (details and checks) or incident (the whole timeline)",
+		Short: "Show one policy (spec, matched agents, safety rails), agent (details and checks) or incident (the whole timeline)",
+		Long: `Show one resource in detail.
+
+describe policy NAME: version, matched agents, the state of its safety rails
+(circuit breaker, correlated-failure hold, tasks running and started in the
+last hour), its spec and, for a shadow policy, what it would have done
+(newest first). describe agent NAME: details and the latest result of each
+check. describe incident ID: the whole timeline and the tasks.`,
 		Example: `  tendctl describe policy web-nginx-down
   tendctl describe agent web-1
   tendctl describe incident inc-3f2a9c1d0b7e4a55`,
@@ -90,6 +98,10 @@ func describePolicy(w io.Writer, now time.Time, resp *adminv1.GetPolicyResponse)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	pol, _ := policy.FromSpecJSON(p.GetName(), p.GetVersion(), p.GetSpecJson()) // nil: a spec this tendctl does not know
+	if err := describeSafety(w, now, p.GetName(), pol, resp.GetStatus()); err != nil {
+		return err
+	}
 	spec, err := specYAML(p)
 	if err != nil {
 		return err
@@ -98,7 +110,121 @@ func describePolicy(w io.Writer, now time.Time, resp *adminv1.GetPolicyResponse)
 	for _, line := range strings.Split(strings.TrimRight(string(spec), "\n"), "\n") {
 		fmt.Fprintln(w, "  "+line)
 	}
+	if st := resp.GetStatus(); len(st.GetWouldHaveActed()) > 0 || (pol != nil && pol.Spec.Mode == policy.ModeShadow) {
+		return describeShadow(w, now, toPolicyStatusObject(st).WouldHaveActed)
+	}
 	return nil
+}
+
+// describeSafety prints the state of a policy's safety rails: circuit
+// breaker, correlated-failure hold, tasks in flight and started in the
+// last hour. pol (for the configured limits) may be nil.
+func describeSafety(w io.Writer, now time.Time, name string, pol *policy.Policy, status *adminv1.PolicyStatus) error {
+	fmt.Fprintln(w, "Safety:")
+	if status == nil {
+		fmt.Fprintln(w, "  <not reported: the control plane sent no status (is its remediation loop running?)>")
+		return nil
+	}
+	st := toPolicyStatusObject(status)
+	var limits *policy.Limits
+	if pol != nil {
+		limits = pol.Spec.Limits
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+
+	// Circuit breaker.
+	window := ""
+	threshold := 0
+	if limits != nil && limits.Breaker != nil {
+		threshold = limits.Breaker.Failures
+		window = " in the last " + limits.Breaker.Window.String()
+	}
+	counted := fmt.Sprintf("%d failed attempt%s counted%s", st.BreakerFailures, plural(int(st.BreakerFailures)), window)
+	switch {
+	case st.BreakerOpen:
+		since := ""
+		if st.BreakerOpenedAt != nil {
+			since = " since " + st.BreakerOpenedAt.Local().Format(time.RFC3339) + " (" + ago(now, st.BreakerOpenedAt) + ")"
+		}
+		fmt.Fprintf(tw, "  Circuit breaker:\tOPEN%s: %s\n", since, dash(st.BreakerReason))
+		fmt.Fprintf(tw, "  \t%s; the policy escalates instead of acting until: tendctl rearm policy %s\n", counted, name)
+	case limits != nil && limits.Breaker != nil && threshold == 0:
+		fmt.Fprintf(tw, "  Circuit breaker:\toff (spec.limits.breaker.failures: 0)\n")
+	case threshold > 0:
+		fmt.Fprintf(tw, "  Circuit breaker:\tclosed: %s (opens at %d)\n", counted, threshold)
+	default:
+		fmt.Fprintf(tw, "  Circuit breaker:\tclosed: %s\n", counted)
+	}
+
+	// Correlated-failure hold.
+	switch {
+	case st.Correlated:
+		fi := ""
+		if st.FleetIncident != "" {
+			fi = "; fleet incident " + st.FleetIncident
+		}
+		fmt.Fprintf(tw, "  Correlated hold:\tHELD: %s%s\n", dash(st.CorrelatedReason), fi)
+		fmt.Fprintf(tw, "  \tno task is sent to any of its agents until few enough fail, or: tendctl rearm policy %s\n", name)
+	case limits != nil && limits.Correlation != nil && limits.Correlation.Percent == 0:
+		fmt.Fprintf(tw, "  Correlated hold:\toff (spec.limits.correlation.percent: 0)\n")
+	default:
+		fmt.Fprintf(tw, "  Correlated hold:\tnone\n")
+	}
+
+	// Budgets.
+	running := fmt.Sprintf("%d running", st.Running)
+	if limits != nil && limits.MaxConcurrent != "" {
+		running += " (max " + string(limits.MaxConcurrent) + ")"
+	}
+	hour := fmt.Sprintf("%d started in the last hour", st.StartedLastHour)
+	if limits != nil && limits.MaxPerHour > 0 {
+		hour += fmt.Sprintf(" (max %d)", limits.MaxPerHour)
+	}
+	fmt.Fprintf(tw, "  Tasks:\t%s, %s\n", running, hour)
+	return tw.Flush()
+}
+
+// describeShadow prints what a shadow policy would have done, newest
+// first.
+func describeShadow(w io.Writer, now time.Time, ds []shadowDecision) error {
+	fmt.Fprintln(w, "Would have acted (shadow):")
+	if len(ds) == 0 {
+		fmt.Fprintln(w, "  none")
+		return nil
+	}
+	ds = append([]shadowDecision(nil), ds...)
+	sort.SliceStable(ds, func(i, j int) bool {
+		if ds[i].At == nil || ds[j].At == nil {
+			return ds[j].At == nil && ds[i].At != nil
+		}
+		return ds[i].At.After(*ds[j].At)
+	})
+	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
+	fmt.Fprintln(tw, "  WHEN\tAGENT\tACTION\tPARAMS\tINCIDENT")
+	for _, d := range ds {
+		params := "-"
+		if len(d.Params) > 0 && string(d.Params) != "null" {
+			params = firstLine(compactJSON(d.Params), 60)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", ago(now, d.At), dash(d.Agent), dash(d.Action), params, dash(d.Incident))
+	}
+	return tw.Flush()
+}
+
+// compactJSON is JSON on one line.
+func compactJSON(b []byte) string {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return string(b)
+	}
+	return buf.String()
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }
 
 // specYAML renders a stored spec as YAML: through internal/policy when this

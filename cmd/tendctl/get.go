@@ -14,12 +14,14 @@ import (
 
 // Resource types, with the names accepted for each.
 const (
-	resAgents    = "agents"
-	resPolicies  = "policies"
-	resChecks    = "checks"
-	resResults   = "results"
-	resIncidents = "incidents"
-	resTasks     = "tasks"
+	resAgents      = "agents"
+	resPolicies    = "policies"
+	resChecks      = "checks"
+	resResults     = "results"
+	resIncidents   = "incidents"
+	resTasks       = "tasks"
+	resCredentials = "credentials"
+	resKeys        = "keys"
 )
 
 var resourceAliases = map[string]string{
@@ -29,6 +31,8 @@ var resourceAliases = map[string]string{
 	"results": resResults, "result": resResults,
 	"incidents": resIncidents, "incident": resIncidents, "inc": resIncidents,
 	"tasks": resTasks, "task": resTasks,
+	"credentials": resCredentials, "credential": resCredentials, "cred": resCredentials, "creds": resCredentials,
+	"keys": resKeys, "key": resKeys, "signingkeys": resKeys,
 }
 
 // notYet are resource types of the design that this admin API does not
@@ -73,7 +77,7 @@ func newGetCmd(a *app) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "get TYPE [NAME...]",
-		Short: "List agents, policies, checks or the results of one check",
+		Short: "List agents, policies, checks, results, incidents, tasks, credentials or signing keys",
 		Long: `List resources:
 
   agents [NAME...]            enrolled agents and their liveness
@@ -83,8 +87,13 @@ func newGetCmd(a *app) *cobra.Command {
   results AGENT CHECK         the stored results of one check, oldest first
   incidents [ID...] [--agent AGENT] [--open]
                               incidents, newest first
-  tasks [--agent AGENT] [--incident ID]
-                              remediation tasks, newest first
+  tasks [ID...] [--agent AGENT] [--incident ID]
+                              remediation tasks, newest first; APPROVAL shows
+                              the time left to approve one awaiting approval
+                              (tendctl approve task ID), or who approved it
+  credentials [NAME|SERIAL...]
+                              admin API credentials (admin role)
+  keys [KEY-ID...]            task-signing keys and how many agents hold each
 
 TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
 -o json prints a JSON array of objects; their field names are stable:
@@ -92,17 +101,23 @@ TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
   policy: name, version, spec
   check:  agent, check, status, output, lastRun, since, metrics
   incident: id, agent, policy, state, openedAt, resolvedAt, attempts, reason, timeline
-  task:   id, incident, agent, action, params, state, seq, createdAt, finishedAt, output`,
+  task:   id, incident, agent, action, params, state, seq, createdAt, finishedAt, output,
+          approvedBy, approvedAt, approvalDeadline
+  credential: name, role, serial, issuedAt, expiresAt, issuedBy, revoked
+  key:    keyId, state, createdAt, agentsHolding, agentsTotal`,
 		Example: `  tendctl get agents
   tendctl get agent/web-1 -o yaml
   tendctl get checks --agent web-1
   tendctl get policies -o json | jq '.[].name'
-  tendctl get results web-1 web-nginx-down`,
+  tendctl get results web-1 web-nginx-down
+  tendctl get tasks
+  tendctl get credentials
+  tendctl get keys`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(output); err != nil {
 				return usageErrorf(cmd, "-o: %v", err)
 			}
-			res, names, err := parseResource(cmd, args, resAgents, resPolicies, resChecks, resResults, resIncidents, resTasks)
+			res, names, err := parseResource(cmd, args, resAgents, resPolicies, resChecks, resResults, resIncidents, resTasks, resCredentials, resKeys)
 			if err != nil {
 				return err
 			}
@@ -138,7 +153,33 @@ TYPE/NAME works too (agent/web-1), and singular forms (agent, policy, check).
 				if err != nil {
 					return err
 				}
-				return printList(p, objs, taskTable)
+				if len(names) > 0 {
+					for _, n := range names {
+						if !slices.ContainsFunc(objs, func(o taskObject) bool { return o.ID == n }) {
+							return fmt.Errorf("task %q not found (tendctl get tasks lists them)", n)
+						}
+					}
+					objs = slices.DeleteFunc(objs, func(o taskObject) bool { return !slices.Contains(names, o.ID) })
+				}
+				if err := printList(p, objs, taskTable); err != nil {
+					return err
+				}
+				if output == formatTable {
+					awaitingHint(a.stderr, objs)
+				}
+				return nil
+			case resCredentials:
+				objs, err := getCredentials(ctx, a, names)
+				if err != nil {
+					return err
+				}
+				return printList(p, objs, credentialTable)
+			case resKeys:
+				objs, err := getKeys(ctx, a, names)
+				if err != nil {
+					return err
+				}
+				return printList(p, objs, keyTable)
 			default: // results
 				if len(names) != 2 {
 					return usageErrorf(cmd, "get results needs AGENT and CHECK, e.g. tendctl get results web-1 web-nginx-down")

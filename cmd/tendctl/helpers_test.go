@@ -11,9 +11,11 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -27,7 +29,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"tend.dev/tend/controlplane/api"
 	"tend.dev/tend/internal/adminconf"
+	"tend.dev/tend/internal/pki"
 	"tend.dev/tend/internal/policy"
 	adminv1 "tend.dev/tend/proto/tend/admin/v1"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
@@ -55,6 +59,7 @@ type testPKI struct {
 	server          tls.Certificate
 	clientCert, key string
 	pool            *x509.CertPool
+	ca              *pki.CA // signs the CSRs of IssueCredential
 }
 
 func newTestPKI(t *testing.T) *testPKI {
@@ -106,6 +111,7 @@ func newTestPKI(t *testing.T) *testPKI {
 		clientCert: string(cc),
 		key:        string(ck),
 		pool:       pool,
+		ca:         &pki.CA{Cert: caCert, CertPEM: []byte(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})), Key: caKey},
 	}
 }
 
@@ -131,6 +137,16 @@ type fakeAdmin struct {
 	tokenReqs []*adminv1.CreateTokenRequest
 	deleted   []string
 	applyErr  map[string]error // by file name
+
+	tasks      []*adminv1.Task
+	approved   []*adminv1.ApproveTaskRequest
+	status     map[string]*adminv1.PolicyStatus // by policy
+	rearmed    []*adminv1.RearmPolicyRequest
+	ca         *pki.CA
+	creds      []*adminv1.Credential
+	issued     []*adminv1.IssueCredentialRequest
+	keys       []*adminv1.SigningKeyInfo
+	keyHolders uint32 // agents holding a newly rotated key
 }
 
 // startFake serves a fakeAdmin over mTLS on 127.0.0.1:0 and returns it with
@@ -140,13 +156,17 @@ func startFake(t *testing.T) (*fakeAdmin, string) {
 	pki := newTestPKI(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	f := &fakeAdmin{policies: map[string]*adminv1.Policy{}, results: map[string][]*agentv1.CheckResult{},
+		status: map[string]*adminv1.PolicyStatus{}, ca: pki.ca}
+	// The control plane's own access policy: roles from the certificate's
+	// OU, revoked credentials refused.
+	auth := &api.Authorizer{CredentialAllowed: f.credentialAllowed, Log: slog.New(slog.DiscardHandler)}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{pki.server},
 		ClientCAs:    pki.pool,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		MinVersion:   tls.VersionTLS13,
-	})))
-	f := &fakeAdmin{policies: map[string]*adminv1.Policy{}, results: map[string][]*agentv1.CheckResult{}}
+	})), grpc.UnaryInterceptor(auth.Unary))
 	adminv1.RegisterAdminServiceServer(srv, f)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
@@ -225,7 +245,7 @@ func (f *fakeAdmin) GetPolicy(_ context.Context, req *adminv1.GetPolicyRequest) 
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	resp := &adminv1.GetPolicyResponse{Policy: p}
+	resp := &adminv1.GetPolicyResponse{Policy: p, Status: f.status[req.GetName()]}
 	for _, a := range f.agents {
 		if pol.Matches(a.GetLabels()) {
 			resp.MatchedAgents = append(resp.MatchedAgents, a.GetName())
@@ -283,4 +303,169 @@ func (f *fakeAdmin) CreateToken(_ context.Context, req *adminv1.CreateTokenReque
 		Uses:      req.GetUses(),
 		CaPin:     "sha256:abcd",
 	}, nil
+}
+
+func (f *fakeAdmin) credentialAllowed(id pki.Identity) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.creds {
+		if c.GetSerial() == id.Serial && c.GetRevoked() {
+			return fmt.Errorf("credential %s (serial %s) was revoked", id.ID, id.Serial)
+		}
+	}
+	return nil
+}
+
+// caller is "name (role)", as the control plane records who did what.
+func caller(ctx context.Context) string {
+	if id, ok := api.IdentityFrom(ctx); ok {
+		return id.ID + " (" + id.Role + ")"
+	}
+	return "unknown"
+}
+
+func (f *fakeAdmin) ListTasks(_ context.Context, req *adminv1.ListTasksRequest) (*adminv1.ListTasksResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &adminv1.ListTasksResponse{}
+	for _, t := range f.tasks {
+		if (req.GetAgent() == "" || req.GetAgent() == t.GetAgent()) && (req.GetIncident() == "" || req.GetIncident() == t.GetIncident()) {
+			resp.Tasks = append(resp.Tasks, t)
+		}
+	}
+	return resp, nil
+}
+
+func (f *fakeAdmin) ApproveTask(ctx context.Context, req *adminv1.ApproveTaskRequest) (*adminv1.ApproveTaskResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.approved = append(f.approved, req)
+	for _, t := range f.tasks {
+		if t.GetId() != req.GetId() {
+			continue
+		}
+		if t.GetState() != "awaiting_approval" {
+			return nil, status.Errorf(codes.FailedPrecondition, "task %s is %s: only a task awaiting approval can be approved: not in the state the operation needs", t.GetId(), t.GetState())
+		}
+		t.ApprovedBy, t.ApprovedAt, t.ApprovalDeadline = caller(ctx), timestamppb.Now(), nil
+		t.State, t.Seq = "pending", 7
+		return &adminv1.ApproveTaskResponse{Task: t}, nil
+	}
+	return nil, status.Errorf(codes.NotFound, "task %q: not found", req.GetId())
+}
+
+func (f *fakeAdmin) RearmPolicy(_ context.Context, req *adminv1.RearmPolicyRequest) (*adminv1.RearmPolicyResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rearmed = append(f.rearmed, req)
+	if _, ok := f.policies[req.GetName()]; !ok {
+		return nil, status.Errorf(codes.NotFound, "policy %q: not found", req.GetName())
+	}
+	old := f.status[req.GetName()]
+	st := &adminv1.PolicyStatus{Running: old.GetRunning(), StartedLastHour: old.GetStartedLastHour()}
+	f.status[req.GetName()] = st
+	return &adminv1.RearmPolicyResponse{Status: st}, nil
+}
+
+func (f *fakeAdmin) IssueCredential(ctx context.Context, req *adminv1.IssueCredentialRequest) (*adminv1.IssueCredentialResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.issued = append(f.issued, req)
+	if !slices.Contains(pki.OperatorRoles, req.GetRole()) {
+		return nil, status.Errorf(codes.InvalidArgument, "role: want one of viewer, operator, admin, got %q", req.GetRole())
+	}
+	der, err := f.ca.SignCSR(req.GetCsrDer(), req.GetName(), req.GetRole(), req.GetTtl().AsDuration())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "csr_der: %v", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	c := &adminv1.Credential{Name: req.GetName(), Role: req.GetRole(), Serial: cert.SerialNumber.Text(16),
+		IssuedAt: timestamppb.Now(), ExpiresAt: timestamppb.New(cert.NotAfter), IssuedBy: caller(ctx)}
+	f.creds = append(f.creds, c)
+	return &adminv1.IssueCredentialResponse{Credential: c, CertificatePem: pki.EncodeCertPEM(der), CaPem: f.ca.CertPEM}, nil
+}
+
+func (f *fakeAdmin) ListCredentials(context.Context, *adminv1.ListCredentialsRequest) (*adminv1.ListCredentialsResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &adminv1.ListCredentialsResponse{Credentials: f.creds}, nil
+}
+
+func (f *fakeAdmin) RevokeCredential(_ context.Context, req *adminv1.RevokeCredentialRequest) (*adminv1.RevokeCredentialResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &adminv1.RevokeCredentialResponse{}
+	for _, c := range f.creds {
+		if c.GetName() == req.GetName() || c.GetSerial() == req.GetName() {
+			c.Revoked = true
+			resp.Revoked = append(resp.Revoked, c)
+		}
+	}
+	if len(resp.Revoked) == 0 {
+		return nil, status.Errorf(codes.NotFound, "no credential named or with serial %q (see tendctl get credentials)", req.GetName())
+	}
+	return resp, nil
+}
+
+func (f *fakeAdmin) ListSigningKeys(context.Context, *adminv1.ListSigningKeysRequest) (*adminv1.ListSigningKeysResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &adminv1.ListSigningKeysResponse{Keys: f.keys}, nil
+}
+
+func (f *fakeAdmin) key(id string) (*adminv1.SigningKeyInfo, error) {
+	for _, k := range f.keys {
+		if k.GetKeyId() == id {
+			return k, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "signing key %q: no such signing key", id)
+}
+
+func (f *fakeAdmin) RotateSigningKey(context.Context, *adminv1.RotateSigningKeyRequest) (*adminv1.RotateSigningKeyResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	total := uint32(0)
+	if len(f.keys) > 0 {
+		total = f.keys[0].GetAgentsTotal()
+	}
+	k := &adminv1.SigningKeyInfo{KeyId: fmt.Sprintf("%016x", len(f.keys)+0xb0), State: "published", CreatedAt: timestamppb.Now(), AgentsHolding: f.keyHolders, AgentsTotal: total}
+	f.keys = append(f.keys, k)
+	return &adminv1.RotateSigningKeyResponse{Key: k}, nil
+}
+
+func (f *fakeAdmin) ActivateSigningKey(_ context.Context, req *adminv1.ActivateSigningKeyRequest) (*adminv1.ActivateSigningKeyResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k, err := f.key(req.GetKeyId())
+	if err != nil {
+		return nil, err
+	}
+	if missing := k.GetAgentsTotal() - k.GetAgentsHolding(); missing > 0 && !req.GetForce() {
+		return nil, status.Errorf(codes.FailedPrecondition, "signing key %s: %d agents have not reported holding it yet (their tasks would be rejected); wait until `tendctl get keys` shows every agent, or use --force: signing key in the wrong state", k.GetKeyId(), missing)
+	}
+	for _, o := range f.keys {
+		if o.GetState() == "active" {
+			o.State = "published"
+		}
+	}
+	k.State = "active"
+	return &adminv1.ActivateSigningKeyResponse{Key: k}, nil
+}
+
+func (f *fakeAdmin) RetireSigningKey(_ context.Context, req *adminv1.RetireSigningKeyRequest) (*adminv1.RetireSigningKeyResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k, err := f.key(req.GetKeyId())
+	if err != nil {
+		return nil, err
+	}
+	if k.GetState() == "active" {
+		return nil, status.Errorf(codes.FailedPrecondition, "signing key %s is the active key: activate another one first: signing key in the wrong state", k.GetKeyId())
+	}
+	k.State = "retired"
+	return &adminv1.RetireSigningKeyResponse{Key: k}, nil
 }

@@ -46,10 +46,19 @@ type taskObject struct {
 	CreatedAt  *time.Time      `json:"createdAt"`
 	FinishedAt *time.Time      `json:"finishedAt"`
 	Output     string          `json:"output"`
+	// Approval, for a policy with requireApproval: who approved and when,
+	// and until when a task awaiting approval can be approved.
+	ApprovedBy       string     `json:"approvedBy"`
+	ApprovedAt       *time.Time `json:"approvedAt"`
+	ApprovalDeadline *time.Time `json:"approvalDeadline"`
 
 	reason  string
 	attempt uint32
 }
+
+// taskAwaitingApproval is the state of a task that waits for `tendctl
+// approve task`.
+const taskAwaitingApproval = "awaiting_approval"
 
 func toIncidentObject(i *adminv1.Incident) incidentObject {
 	o := incidentObject{
@@ -71,7 +80,8 @@ func toTaskObject(t *adminv1.Task) taskObject {
 	return taskObject{
 		ID: t.GetId(), Incident: t.GetIncident(), Agent: t.GetAgent(), Action: t.GetAction(), Params: params,
 		State: t.GetState(), Seq: t.GetSeq(), CreatedAt: timePtr(t.GetCreatedAt()), FinishedAt: timePtr(t.GetFinishedAt()),
-		Output: t.GetOutput(), reason: t.GetReason(), attempt: t.GetAttempt(),
+		Output: t.GetOutput(), ApprovedBy: t.GetApprovedBy(), ApprovedAt: timePtr(t.GetApprovedAt()),
+		ApprovalDeadline: timePtr(t.GetApprovalDeadline()), reason: t.GetReason(), attempt: t.GetAttempt(),
 	}
 }
 
@@ -121,15 +131,56 @@ func incidentTable(w io.Writer, now time.Time, objs []incidentObject) {
 
 func taskTable(w io.Writer, now time.Time, objs []taskObject) {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAGENT\tACTION\tSTATE\tSEQ\tCREATED\tINCIDENT\tOUTPUT")
+	fmt.Fprintln(tw, "ID\tAGENT\tACTION\tSTATE\tSEQ\tCREATED\tAPPROVAL\tINCIDENT\tOUTPUT")
 	for _, o := range objs {
 		out := o.Output
 		if out == "" {
 			out = o.reason
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", o.ID, o.Agent, o.Action, o.State, o.Seq, ago(now, o.CreatedAt), o.Incident, dash(firstLine(out, 60)))
+		seq := "-" // a task awaiting approval has no sequence number yet
+		if o.Seq > 0 {
+			seq = fmt.Sprint(o.Seq)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.ID, o.Agent, o.Action, o.State, seq, ago(now, o.CreatedAt), approval(now, o), o.Incident, dash(firstLine(out, 60)))
 	}
 	tw.Flush()
+}
+
+// approval is a task's APPROVAL column: how long a task awaiting approval
+// may still be approved, or who approved it.
+func approval(now time.Time, o taskObject) string {
+	switch {
+	case o.ApprovedBy != "" && o.State == taskAwaitingApproval:
+		// Approved, but the policy's budgets hold it: no deadline any more.
+		return "by " + o.ApprovedBy + " " + ago(now, o.ApprovedAt) + ", waiting for budget"
+	case o.State == taskAwaitingApproval && o.ApprovalDeadline == nil:
+		return "waiting"
+	case o.State == taskAwaitingApproval && now.Before(*o.ApprovalDeadline):
+		return "waiting, " + humanDuration(o.ApprovalDeadline.Sub(now)) + " left"
+	case o.State == taskAwaitingApproval:
+		return "waiting, deadline passed " + ago(now, o.ApprovalDeadline)
+	case o.ApprovedBy != "":
+		return "by " + o.ApprovedBy + " " + ago(now, o.ApprovedAt)
+	}
+	return "-"
+}
+
+// awaitingHint tells, after a task table, which tasks wait for approval
+// and how to approve them.
+func awaitingHint(w io.Writer, objs []taskObject) {
+	var ids []string
+	for _, o := range objs {
+		if o.State == taskAwaitingApproval {
+			ids = append(ids, o.ID)
+		}
+	}
+	switch len(ids) {
+	case 0:
+	case 1:
+		fmt.Fprintf(w, "1 task awaiting approval: tendctl approve task %s\n", ids[0])
+	default:
+		fmt.Fprintf(w, "%d tasks awaiting approval: tendctl approve task ID (%s)\n", len(ids), strings.Join(ids, ", "))
+	}
 }
 
 // describeIncident prints the whole story of an incident: what happened,

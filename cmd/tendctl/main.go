@@ -82,16 +82,21 @@ func newRootCmd(a *app) *cobra.Command {
 		Use:   "tendctl",
 		Short: "Administer a Tend control plane",
 		Long: `tendctl administers a Tend control plane: apply policies, look at agents,
-policies and checks, create join tokens for new agents.
+policies, checks, incidents and tasks, approve tasks, re-arm policies, create
+join tokens for new agents and credentials for people, rotate the
+task-signing key.
 
-It connects with the admin credential in admin.conf, which the control plane
-writes to DATA_DIR/admin.conf on first start. The file is taken from --config,
-else $TEND_CONFIG, else ` + DefaultConfig + `.`,
+It connects with the credential in an admin config: admin.conf, which the
+control plane writes to DATA_DIR/admin.conf on first start (role admin), or
+one written by tendctl credential create (role viewer, operator or admin).
+The file is taken from --config, else $TEND_CONFIG, else ` + DefaultConfig + `.`,
 		Example: `  TOKEN=$(tendctl token create --ttl 1h --uses 3)
   tendctl apply -f deploy/examples/web-nginx-down.yaml
   tendctl get agents
   tendctl get checks -o json
-  tendctl describe policy web-nginx-down`,
+  tendctl describe policy web-nginx-down
+  tendctl approve task task-3f2a9c1d0b7e4a55
+  tendctl credential create alice --role operator --out alice.conf`,
 		SilenceUsage:      true,
 		SilenceErrors:     true,
 		Version:           version.Version,
@@ -110,6 +115,10 @@ else $TEND_CONFIG, else ` + DefaultConfig + `.`,
 		newGetCmd(a),
 		newDescribeCmd(a),
 		newDeleteCmd(a),
+		newApproveCmd(a),
+		newRearmCmd(a),
+		newCredentialCmd(a),
+		newKeysCmd(a),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print tendctl's version",

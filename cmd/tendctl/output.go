@@ -224,6 +224,24 @@ func printList[T any](p printer, objs []T, table func(w io.Writer, now time.Time
 	return tw.Flush()
 }
 
+// printObject writes one object as JSON or YAML (commands that act on one
+// resource: approve, rearm, credential create, keys ...).
+func printObject(w io.Writer, format string, obj any) error {
+	var b []byte
+	var err error
+	if format == formatYAML {
+		b, err = yaml.Marshal(obj)
+	} else {
+		b, err = json.MarshalIndent(obj, "", "  ")
+		b = append(b, '\n')
+	}
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
 func agentTable(w io.Writer, now time.Time, objs []agentObject) {
 	fmt.Fprintln(w, "NAME\tSTATUS\tLAST SEEN\tLABELS\tVERSION\tID")
 	for _, o := range objs {

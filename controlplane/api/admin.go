@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"tend.dev/tend/controlplane/fleet"
+	"tend.dev/tend/controlplane/keys"
 	"tend.dev/tend/controlplane/store"
 	"tend.dev/tend/internal/pki"
 	"tend.dev/tend/internal/policy"
@@ -29,6 +30,12 @@ type Admin struct {
 	Now      func() time.Time
 	// OnPolicyChange is told every policy applied or deleted.
 	OnPolicyChange func(name string)
+	// Remediation answers approvals, re-arms and policy status (nil: those
+	// calls are Unavailable).
+	Remediation RemediationAdmin
+	// Keys is the task-signing key ring; Credentials the revocation list.
+	Keys        *keys.Ring
+	Credentials *Credentials
 }
 
 // Limits on admin input.
@@ -134,6 +141,9 @@ func (h *Admin) ApplyPolicies(ctx context.Context, req *adminv1.ApplyPoliciesReq
 		return nil, toStatus(err)
 	}
 	h.Policies.PushAll(h.Fleet)
+	if h.Keys != nil {
+		h.Policies.PushOrders(h.Fleet, h.Keys.Active, h.Now())
+	}
 	for _, c := range changes {
 		h.Log.Info("policy applied", "policy", c.Name, "version", c.Version, "action", c.Action)
 		if h.OnPolicyChange != nil && c.Action != "unchanged" {
@@ -167,7 +177,15 @@ func (h *Admin) GetPolicy(ctx context.Context, req *adminv1.GetPolicyRequest) (*
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &adminv1.GetPolicyResponse{Policy: policyProto(p), MatchedAgents: h.Policies.MatchedAgents(p.Name, h.Fleet.List())}, nil
+	resp := &adminv1.GetPolicyResponse{Policy: policyProto(p), MatchedAgents: h.Policies.MatchedAgents(p.Name, h.Fleet.List())}
+	if h.Remediation != nil {
+		st, err := h.Remediation.Status(ctx, p.Name, shadowHistory)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		resp.Status = h.policyStatusProto(st)
+	}
+	return resp, nil
 }
 
 // DeletePolicy removes a policy; agents stop running its check.
@@ -179,6 +197,9 @@ func (h *Admin) DeletePolicy(ctx context.Context, req *adminv1.DeletePolicyReque
 		return nil, toStatus(err)
 	}
 	h.Policies.PushAll(h.Fleet)
+	if h.Keys != nil {
+		h.Policies.PushOrders(h.Fleet, h.Keys.Active, h.Now())
+	}
 	if h.OnPolicyChange != nil {
 		h.OnPolicyChange(req.GetName())
 	}

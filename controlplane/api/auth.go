@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,19 +30,39 @@ var MethodRoles = map[string][]string{
 	agentv1.EnrollmentService_Renew_FullMethodName:  {pki.RoleAgent},
 	agentv1.AgentService_Connect_FullMethodName:     {pki.RoleAgent},
 
-	adminv1.AdminService_ListAgents_FullMethodName:    {pki.RoleAdmin},
-	adminv1.AdminService_DeleteAgent_FullMethodName:   {pki.RoleAdmin},
-	adminv1.AdminService_ApplyPolicies_FullMethodName: {pki.RoleAdmin},
-	adminv1.AdminService_ListPolicies_FullMethodName:  {pki.RoleAdmin},
-	adminv1.AdminService_GetPolicy_FullMethodName:     {pki.RoleAdmin},
-	adminv1.AdminService_DeletePolicy_FullMethodName:  {pki.RoleAdmin},
-	adminv1.AdminService_ListChecks_FullMethodName:    {pki.RoleAdmin},
-	adminv1.AdminService_ListResults_FullMethodName:   {pki.RoleAdmin},
-	adminv1.AdminService_CreateToken_FullMethodName:   {pki.RoleAdmin},
-	adminv1.AdminService_ListIncidents_FullMethodName: {pki.RoleAdmin},
-	adminv1.AdminService_GetIncident_FullMethodName:   {pki.RoleAdmin},
-	adminv1.AdminService_ListTasks_FullMethodName:     {pki.RoleAdmin},
+	// Reading: every operator role.
+	adminv1.AdminService_ListAgents_FullMethodName:      readers,
+	adminv1.AdminService_ListPolicies_FullMethodName:    readers,
+	adminv1.AdminService_GetPolicy_FullMethodName:       readers,
+	adminv1.AdminService_ListChecks_FullMethodName:      readers,
+	adminv1.AdminService_ListResults_FullMethodName:     readers,
+	adminv1.AdminService_ListIncidents_FullMethodName:   readers,
+	adminv1.AdminService_GetIncident_FullMethodName:     readers,
+	adminv1.AdminService_ListTasks_FullMethodName:       readers,
+	adminv1.AdminService_ListSigningKeys_FullMethodName: readers,
+
+	// Operating the automation: operator and admin.
+	adminv1.AdminService_ApproveTask_FullMethodName: operators,
+	adminv1.AdminService_RearmPolicy_FullMethodName: operators,
+
+	// Changing what runs, who may enroll, who may call, what signs: admin.
+	adminv1.AdminService_DeleteAgent_FullMethodName:        admins,
+	adminv1.AdminService_ApplyPolicies_FullMethodName:      admins,
+	adminv1.AdminService_DeletePolicy_FullMethodName:       admins,
+	adminv1.AdminService_CreateToken_FullMethodName:        admins,
+	adminv1.AdminService_IssueCredential_FullMethodName:    admins,
+	adminv1.AdminService_ListCredentials_FullMethodName:    admins,
+	adminv1.AdminService_RevokeCredential_FullMethodName:   admins,
+	adminv1.AdminService_RotateSigningKey_FullMethodName:   admins,
+	adminv1.AdminService_ActivateSigningKey_FullMethodName: admins,
+	adminv1.AdminService_RetireSigningKey_FullMethodName:   admins,
 }
+
+var (
+	readers   = []string{pki.RoleViewer, pki.RoleOperator, pki.RoleAdmin}
+	operators = []string{pki.RoleOperator, pki.RoleAdmin}
+	admins    = []string{pki.RoleAdmin}
+)
 
 type identityKey struct{}
 
@@ -56,7 +77,10 @@ type Authorizer struct {
 	// AgentAllowed says whether an agent id may still connect (enrolled,
 	// not revoked).
 	AgentAllowed func(id string) error
-	Log          *slog.Logger
+	// CredentialAllowed says whether an admin API credential (by its
+	// certificate serial) is still valid (not revoked).
+	CredentialAllowed func(id pki.Identity) error
+	Log               *slog.Logger
 }
 
 func peerIdentity(ctx context.Context) (pki.Identity, error) {
@@ -87,11 +111,21 @@ func (a *Authorizer) authorize(ctx context.Context, method string) (context.Cont
 	if err != nil {
 		return nil, err
 	}
+	// TLS checks validity at the handshake only; a connection kept open
+	// must not outlive its certificate.
+	if now := time.Now(); now.After(id.Expiry) {
+		return nil, status.Errorf(codes.Unauthenticated, "client certificate %s expired at %s: renew it (agents) or get a new credential", id.ID, id.Expiry.UTC().Format(time.RFC3339))
+	}
 	if !slices.Contains(roles, id.Role) {
 		return nil, status.Errorf(codes.PermissionDenied, "role %q may not call %s", id.Role, method)
 	}
 	if id.Role == pki.RoleAgent && a.AgentAllowed != nil {
 		if err := a.AgentAllowed(id.ID); err != nil {
+			return nil, status.Error(codes.PermissionDenied, err.Error())
+		}
+	}
+	if id.Role != pki.RoleAgent && a.CredentialAllowed != nil {
+		if err := a.CredentialAllowed(id); err != nil {
 			return nil, status.Error(codes.PermissionDenied, err.Error())
 		}
 	}

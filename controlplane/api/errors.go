@@ -27,6 +27,8 @@ var errTable = []struct {
 	{store.ErrExists, codes.AlreadyExists},
 	{store.ErrRevoked, codes.PermissionDenied},
 	{fleet.ErrRevoked, codes.PermissionDenied},
+	{store.ErrState, codes.FailedPrecondition},
+	{store.ErrTerminal, codes.FailedPrecondition},
 }
 
 // toStatus converts an error from the domain into a gRPC status error whose

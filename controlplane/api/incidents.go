@@ -61,8 +61,12 @@ func (h *Admin) taskProto(t store.Task) *adminv1.Task {
 		Output:     t.Output,
 		Reason:     t.Reason,
 		Attempt:    uint32(t.Attempt),
-		ExpiresAt:  timestamppb.New(t.ExpiresAt),
+		ExpiresAt:  tsOrNil(t.ExpiresAt),
 		Policy:     t.Policy,
+		ApprovedBy: t.ApprovedBy,
+		ApprovedAt: tsOrNil(t.ApprovedAt),
+
+		ApprovalDeadline: tsOrNil(t.ApprovalDeadline),
 	}
 }
 

@@ -19,7 +19,9 @@ import (
 
 	"tend.dev/tend/controlplane/fleet"
 	"tend.dev/tend/controlplane/ingest"
+	"tend.dev/tend/controlplane/keys"
 	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/internal/failpoint"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
 
@@ -44,10 +46,15 @@ type Stream struct {
 	Policies *PolicySet
 	// Remediation receives durable results, task updates and connects.
 	Remediation Remediation
-	Log         *slog.Logger
-	Now         func() time.Time
-	Streams     prometheus.Gauge
+	// Keys, if set, is sent to each agent after Welcome (the task-signing
+	// keys to accept) and told which keys each agent holds.
+	Keys    *keys.Ring
+	Log     *slog.Logger
+	Now     func() time.Time
+	Streams prometheus.Gauge
 }
+
+var errCertExpired = errors.New("the client certificate this stream was opened with expired: reconnect with the renewed one")
 
 // Remediation is the remediation loop as the stream handler sees it.
 type Remediation interface {
@@ -55,6 +62,9 @@ type Remediation interface {
 	OnResults(agentID string, results []*agentv1.CheckResult)
 	// OnConnect is told the agent's task high-water mark on every connect.
 	OnConnect(agentID string, taskHighWater uint64)
+	// OnAutonomousRun records what the agent did alone under a standing
+	// order, durably, before it is acknowledged.
+	OnAutonomousRun(ctx context.Context, agentID string, run *agentv1.AutonomousRun) error
 	// OnTaskUpdate records a task update durably; the update is
 	// acknowledged to the agent only when it returns nil.
 	OnTaskUpdate(ctx context.Context, agentID string, u *agentv1.TaskUpdate) error
@@ -105,6 +115,10 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return toStatus(err)
 	}
 	defer h.Fleet.Detach(id.ID, sess)
+	// The stream ends when the certificate it was opened with expires; the
+	// agent reconnects with its renewed one.
+	expiry := time.AfterFunc(time.Until(id.Expiry), func() { sess.Close(errCertExpired) })
+	defer expiry.Stop()
 	if h.Streams != nil {
 		h.Streams.Inc()
 		defer h.Streams.Dec()
@@ -141,7 +155,15 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 		ServerTime:          timestamppb.New(h.Now()),
 		ResultsAckedThrough: counters.HighWater,
 	}}})
+	if h.Keys != nil {
+		// Before any task: the agent must know the keys that sign them.
+		h.Keys.NoteHolder(id.ID, hello.GetSigningKeyIds())
+		sess.Send(SigningKeySet(h.Keys))
+	}
 	sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Checks{Checks: h.Policies.Assignment(agent.Labels)}})
+	if h.Keys != nil {
+		sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_StandingOrders{StandingOrders: h.Policies.StandingOrders(id.ID, agent.Labels, h.Keys.Active(), h.Now())}})
+	}
 	if h.Remediation != nil {
 		h.Remediation.OnConnect(id.ID, hello.GetTaskSeqHighWater())
 	}
@@ -150,8 +172,14 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	inflight := make(chan struct{}, maxInFlightAcks)
 	// lastSeq chains batches: each must follow one that was stored.
 	lastSeq := counters.HighWater
+	// Results the agent had before this stream opened are old news: stored,
+	// but not evaluated for triggers (a check that still fails fails again
+	// in its next, fresh results).
+	backlog := hello.GetResultsThrough()
 	readErr := make(chan error, 1)
-	go func() {
+	// The reader handles every message the agent sends (hostile input): a
+	// panic there ends this stream with Internal, not the control plane.
+	recoverGo(log, agentv1.AgentService_Connect_FullMethodName, readErr, func() {
 		for {
 			m, err := stream.Recv()
 			if err != nil {
@@ -159,12 +187,12 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 				return
 			}
 			h.Fleet.Seen(id.ID, h.Now())
-			if err := h.handle(sess, id.ID, m, inflight, &lastSeq); err != nil {
+			if err := h.handle(sess, id.ID, m, inflight, &lastSeq, backlog); err != nil {
 				readErr <- err
 				return
 			}
 		}
-	}()
+	})
 
 	select {
 	case err := <-readErr:
@@ -188,10 +216,16 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}
 }
 
-func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectRequest, inflight chan struct{}, lastSeq *uint64) error {
+func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectRequest, inflight chan struct{}, lastSeq *uint64, backlog uint64) error {
 	switch msg := m.GetMsg().(type) {
 	case *agentv1.ConnectRequest_Heartbeat:
 		h.Fleet.NoteDropped(agentID, msg.Heartbeat.GetOutboxDroppedTotal())
+		if ids := msg.Heartbeat.GetSigningKeyIds(); len(ids) > 0 && h.Keys != nil {
+			if err := ValidateKeyIDs(ids); err != nil {
+				return status.Errorf(codes.InvalidArgument, "heartbeat: %v", err)
+			}
+			h.Keys.NoteHolder(agentID, ids)
+		}
 		sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_HeartbeatAck{HeartbeatAck: &agentv1.HeartbeatAck{ServerTime: timestamppb.New(h.Now())}}})
 	case *agentv1.ConnectRequest_Results:
 		b := msg.Results
@@ -217,10 +251,17 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 					sess.Close(fmt.Errorf("results not stored: %w", err))
 					return
 				}
+				failpoint.Inject(failpoint.CPAfterBatchCommit)
 				// Results are in seq order and duplicates are those at or
 				// below the old high-water mark: the new ones are the last.
 				if h.Remediation != nil && out.Stored > 0 && out.Stored <= len(results) {
-					h.Remediation.OnResults(agentID, results[len(results)-out.Stored:])
+					fresh := results[len(results)-out.Stored:]
+					for len(fresh) > 0 && fresh[0].GetSeq() <= backlog {
+						fresh = fresh[1:]
+					}
+					if len(fresh) > 0 {
+						h.Remediation.OnResults(agentID, fresh)
+					}
 				}
 				sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Ack{Ack: &agentv1.BatchAck{
 					BatchId: batchID, AckedThrough: out.AckedThrough, Stored: uint32(out.Stored),
@@ -230,8 +271,8 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 		return status.Error(codes.InvalidArgument, "hello may only be sent once per stream")
 	case *agentv1.ConnectRequest_TaskUpdate:
 		u := msg.TaskUpdate
-		if len(u.GetTaskId()) > 128 || len(u.GetOutput()) > MaxOutputLen+64 || len(u.GetReason()) > MaxOutputLen+64 || len(u.GetMetrics()) > MaxMetrics {
-			return status.Error(codes.InvalidArgument, "task update: field too large")
+		if err := ValidateTaskUpdate(u); err != nil {
+			return status.Errorf(codes.InvalidArgument, "task update: %v", err)
 		}
 		if h.Remediation != nil {
 			if err := h.Remediation.OnTaskUpdate(sess.Context(), agentID, u); err != nil {
@@ -241,8 +282,53 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 			}
 		}
 		sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_TaskAck{TaskAck: &agentv1.TaskUpdateAck{TaskId: u.GetTaskId(), State: u.GetState()}}})
+	case *agentv1.ConnectRequest_AutonomousRun:
+		run := msg.AutonomousRun
+		if err := ValidateAutonomousRun(run); err != nil {
+			return status.Errorf(codes.InvalidArgument, "autonomous run: %v", err)
+		}
+		if h.Remediation != nil {
+			if err := h.Remediation.OnAutonomousRun(sess.Context(), agentID, run); err != nil {
+				// Not acknowledged: the agent keeps it and sends it again.
+				h.Log.Error("record autonomous run", "agent_id", agentID, "run", run.GetRunId(), "err", err)
+				return nil
+			}
+		}
+		sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_AutonomousAck{AutonomousAck: &agentv1.AutonomousRunAck{RunId: run.GetRunId()}}})
 	default:
 		return status.Error(codes.InvalidArgument, "empty or unknown message on the agent stream")
+	}
+	return nil
+}
+
+// Limits on an autonomous run report.
+const (
+	MaxRunEvents   = 64
+	maxEventString = 4096
+)
+
+// ValidateAutonomousRun checks the shape of an agent's report; the order in
+// it is verified by the remediation loop.
+func ValidateAutonomousRun(r *agentv1.AutonomousRun) error {
+	switch {
+	case r.GetRunId() == "" || len(r.GetRunId()) > MaxTaskIDLen || strings.ContainsAny(r.GetRunId(), "\x00"):
+		return fmt.Errorf("run_id: 1 to %d bytes without NUL", MaxTaskIDLen)
+	case len(r.GetOrderEnvelope()) == 0 || len(r.GetOrderEnvelope()) > 64<<10:
+		return errors.New("order_envelope: 1 byte to 64 KiB")
+	case len(r.GetEvents()) > MaxRunEvents:
+		return fmt.Errorf("events: %d (max %d)", len(r.GetEvents()), MaxRunEvents)
+	case len(r.GetOutput()) > MaxOutputLen || len(r.GetReason()) > maxEventString:
+		return errors.New("output or reason too long")
+	}
+	switch r.GetState() {
+	case agentv1.TaskState_TASK_STATE_SUCCEEDED, agentv1.TaskState_TASK_STATE_FAILED, agentv1.TaskState_TASK_STATE_REJECTED:
+	default:
+		return fmt.Errorf("state %s: want succeeded, failed or rejected", r.GetState())
+	}
+	for i, e := range r.GetEvents() {
+		if e.GetAt() == nil || len(e.GetKind()) == 0 || len(e.GetKind()) > 32 || len(e.GetMessage()) > maxEventString {
+			return fmt.Errorf("events[%d]: needs at, a kind of 1-32 bytes and a message of at most %d bytes", i, maxEventString)
+		}
 	}
 	return nil
 }
@@ -271,6 +357,49 @@ func ValidateHello(h *agentv1.Hello) error {
 	}
 	if len(h.GetLocalChecks()) > 256 {
 		return fmt.Errorf("too many local checks: %d (max 256)", len(h.GetLocalChecks()))
+	}
+	return ValidateKeyIDs(h.GetSigningKeyIds())
+}
+
+// MaxKeyIDs is the most signing key ids an agent may report.
+const MaxKeyIDs = 16
+
+// ValidateKeyIDs checks the signing key ids an agent reports holding.
+func ValidateKeyIDs(ids []string) error {
+	if len(ids) > MaxKeyIDs {
+		return fmt.Errorf("signing_key_ids: %d ids (max %d)", len(ids), MaxKeyIDs)
+	}
+	for _, id := range ids {
+		if len(id) == 0 || len(id) > 64 || strings.ContainsAny(id, "\x00") {
+			return fmt.Errorf("signing_key_ids: bad id %.64q", id)
+		}
+	}
+	return nil
+}
+
+// MaxTaskIDLen is the longest task id an agent may report.
+const MaxTaskIDLen = 128
+
+// ValidateTaskUpdate checks a task update from an agent (hostile input):
+// sizes, and metrics that can be stored (finite, named).
+func ValidateTaskUpdate(u *agentv1.TaskUpdate) error {
+	switch {
+	case len(u.GetTaskId()) > MaxTaskIDLen:
+		return fmt.Errorf("task id of %d bytes, max %d", len(u.GetTaskId()), MaxTaskIDLen)
+	case len(u.GetOutput()) > MaxOutputLen+64:
+		return fmt.Errorf("output of %d bytes, max %d", len(u.GetOutput()), MaxOutputLen)
+	case len(u.GetReason()) > MaxOutputLen+64:
+		return fmt.Errorf("reason of %d bytes, max %d", len(u.GetReason()), MaxOutputLen)
+	case len(u.GetMetrics()) > MaxMetrics:
+		return fmt.Errorf("%d metrics, max %d", len(u.GetMetrics()), MaxMetrics)
+	}
+	for k, v := range u.GetMetrics() {
+		if k == "" || len(k) > 128 {
+			return errors.New("metric name empty or longer than 128")
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return fmt.Errorf("metric %.128q is not a finite number", k)
+		}
 	}
 	return nil
 }

@@ -6,9 +6,13 @@
 // The timer's length is the heartbeat TTL plus a grace period. The TTL grows
 // with the fleet (so that the fleet as a whole sends at most
 // MaxHeartbeatsPerSecond heartbeats) and never drops below MinTTL; agents are
-// told to heartbeat every TTL/2. Heartbeats only touch memory: the registry
-// persists lastSeen in one batched write every FlushInterval, and status
-// changes right away.
+// told to heartbeat every TTL/2. Heartbeats only touch memory, and never cause
+// a write of their own: status changes are written right away (in one batched
+// transaction for all the agents that changed meanwhile), each with the
+// agent's lastSeen; a connected agent's lastSeen, which only heartbeats move,
+// is written with its next status change (a disconnect, or down) and at
+// shutdown. After a crash, an agent that was connected therefore shows the
+// time it connected until it connects again or is marked down.
 package fleet
 
 import (
@@ -56,12 +60,14 @@ type Config struct {
 var ErrRevoked = errors.New("this agent was revoked ('tendctl delete agent'): to bring the host back, stop tend-agent, remove DATA_DIR/agent.pem and start it once with a new --token")
 
 type entry struct {
-	agent     store.Agent
-	session   *Session
-	timer     *time.Timer
-	deadline  time.Time // when the agent is down unless seen again
-	dirty     bool      // status/metadata changed: flush now
-	seenDirty bool      // only lastSeen changed: flush on the next tick
+	agent    store.Agent
+	session  *Session
+	timer    *time.Timer
+	deadline time.Time // when the agent is down unless seen again
+	// dirty: status or metadata changed: flush now. seenDirty: only
+	// lastSeen changed (heartbeats): written with the next flush of this
+	// agent, or at shutdown, never on its own.
+	dirty, seenDirty bool
 }
 
 // Registry is the set of agents known to the control plane.
@@ -70,12 +76,15 @@ type Registry struct {
 	log    *slog.Logger
 	mu     sync.Mutex
 	agents map[string]*entry
-	kick   chan struct{}
-	stop   chan struct{}
-	wg     sync.WaitGroup
-	closed bool
-	ttl    time.Duration
-	ttlAt  time.Time
+	// toFlush holds the ids of the dirty entries, so that a flush does not
+	// scan the whole fleet (a reconnect storm flushes many times).
+	toFlush map[string]struct{}
+	kick    chan struct{}
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	closed  bool
+	ttl     time.Duration
+	ttlAt   time.Time
 }
 
 // New loads every agent from the store. Agents that were connected when the
@@ -103,11 +112,12 @@ func New(cfg Config) (*Registry, error) {
 		cfg.Log = slog.Default()
 	}
 	r := &Registry{
-		cfg:    cfg,
-		log:    cfg.Log,
-		agents: map[string]*entry{},
-		kick:   make(chan struct{}, 1),
-		stop:   make(chan struct{}),
+		cfg:     cfg,
+		log:     cfg.Log,
+		agents:  map[string]*entry{},
+		toFlush: map[string]struct{}{},
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
 	}
 	agents, err := cfg.Store.ListAgents()
 	if err != nil {
@@ -129,7 +139,7 @@ func New(cfg Config) (*Registry, error) {
 		}
 		if a.Status == store.StatusConnected {
 			e.agent.Status = store.StatusDisconnected
-			e.dirty = true
+			r.markLocked(a.ID, e)
 		}
 		stagger := time.Duration(rand.Int64N(int64(ttl)))
 		r.startTimerLocked(a.ID, e, window+stagger)
@@ -190,6 +200,12 @@ func (r *Registry) startTimerLocked(id string, e *entry, d time.Duration) {
 		return
 	}
 	e.timer = time.AfterFunc(d, func() { r.expire(id) })
+}
+
+// markLocked marks an entry for the next flush.
+func (r *Registry) markLocked(id string, e *entry) {
+	e.dirty = true
+	r.toFlush[id] = struct{}{}
 }
 
 func (r *Registry) signal() {
@@ -310,7 +326,7 @@ func (r *Registry) Attach(id string, s *Session, hello *agentv1.Hello, now time.
 			e.agent.OutboxDropped = d
 		}
 	}
-	e.dirty = true
+	r.markLocked(id, e)
 	r.startTimerLocked(id, e, r.ttlLocked()+r.cfg.Grace)
 	a := copyAgent(e.agent)
 	r.mu.Unlock()
@@ -334,7 +350,7 @@ func (r *Registry) Detach(id string, s *Session) {
 	e.session = nil
 	if e.agent.Status == store.StatusConnected {
 		e.agent.Status = store.StatusDisconnected
-		e.dirty = true
+		r.markLocked(id, e)
 	}
 	a := copyAgent(e.agent)
 	r.mu.Unlock()
@@ -342,7 +358,8 @@ func (r *Registry) Detach(id string, s *Session) {
 	r.changed(a)
 }
 
-// Seen records a sign of life: it resets the agent's timer in memory only.
+// Seen records a sign of life: it resets the agent's timer, in memory only
+// (lastSeen is written with the agent's next status change).
 func (r *Registry) Seen(id string, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -361,18 +378,20 @@ func (r *Registry) SetCertExpiry(id string, t time.Time) {
 	defer r.mu.Unlock()
 	if e, ok := r.agents[id]; ok {
 		e.agent.CertExpiresAt = t
-		e.dirty = true
+		r.markLocked(id, e)
 	}
 	r.signal()
 }
 
-// NoteDropped records the agent's outbox drop counter.
+// NoteDropped records the agent's outbox drop counter; a higher count is
+// written on the next periodic flush (it rarely changes, and the result
+// batches that carry it store it too).
 func (r *Registry) NoteDropped(id string, dropped uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e, ok := r.agents[id]; ok && dropped > e.agent.OutboxDropped {
 		e.agent.OutboxDropped = dropped
-		e.seenDirty = true
+		r.markLocked(id, e)
 	}
 }
 
@@ -393,7 +412,7 @@ func (r *Registry) expire(id string) {
 		return
 	}
 	e.agent.Status = store.StatusDown
-	e.dirty = true
+	r.markLocked(id, e)
 	s := e.session
 	e.session = nil
 	a := copyAgent(e.agent)
@@ -423,7 +442,8 @@ func (r *Registry) Revoke(nameOrID string, now time.Time) (store.Agent, error) {
 	}
 	s := e.session
 	e.session = nil
-	e.dirty = false
+	e.dirty, e.seenDirty = false, false
+	delete(r.toFlush, a.ID)
 	a = copyAgent(e.agent)
 	r.mu.Unlock()
 	if s != nil {
@@ -431,7 +451,7 @@ func (r *Registry) Revoke(nameOrID string, now time.Time) (store.Agent, error) {
 	}
 	if err := r.cfg.Store.PutAgents([]store.Agent{a}); err != nil {
 		r.mu.Lock()
-		e.dirty = true // the flusher retries: a revocation must not be lost
+		r.markLocked(a.ID, e) // the flusher retries: a revocation must not be lost
 		r.mu.Unlock()
 		return a, fmt.Errorf("persist revocation: %w", err)
 	}
@@ -486,20 +506,33 @@ func (r *Registry) flusher() {
 		case <-r.kick:
 			r.flush(false)
 		case <-t.C:
-			r.flush(true)
+			// Retries a failed flush, and catches what a kick missed.
+			r.flush(false)
 		}
 	}
 }
 
-// flush persists changed agents in one transaction. Status changes always;
-// lastSeen-only changes when all is true.
+// flush persists the marked agents in one transaction, each with its
+// current lastSeen. With all (at shutdown), it also writes the agents whose
+// lastSeen alone changed.
 func (r *Registry) flush(all bool) {
 	r.mu.Lock()
 	var batch []store.Agent
-	for _, e := range r.agents {
-		if e.dirty || (all && e.seenDirty) {
-			batch = append(batch, copyAgent(e.agent))
-			e.dirty, e.seenDirty = false, false
+	take := func(e *entry) {
+		batch = append(batch, copyAgent(e.agent))
+		e.dirty, e.seenDirty = false, false
+	}
+	for id := range r.toFlush {
+		if e, ok := r.agents[id]; ok && e.dirty {
+			take(e)
+		}
+	}
+	clear(r.toFlush)
+	if all {
+		for _, e := range r.agents {
+			if e.seenDirty {
+				take(e)
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -511,7 +544,7 @@ func (r *Registry) flush(all bool) {
 		r.mu.Lock()
 		for _, a := range batch {
 			if e, ok := r.agents[a.ID]; ok {
-				e.dirty = true
+				r.markLocked(a.ID, e)
 			}
 		}
 		r.mu.Unlock()

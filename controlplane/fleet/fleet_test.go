@@ -2,7 +2,9 @@ package fleet
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,4 +168,91 @@ func TestHelloReplacesLabels(t *testing.T) {
 	a, err := r.Attach("a1", NewSession(context.Background(), "a1", 4), &agentv1.Hello{}, time.Now())
 	require.NoError(t, err)
 	require.Empty(t, a.Labels, "an agent restarted without labels must lose them")
+}
+
+// countingStore counts the agent writes the registry makes.
+type countingStore struct {
+	store.Store
+	mu     sync.Mutex
+	writes int
+	agents int
+}
+
+func (c *countingStore) PutAgents(as []store.Agent) error {
+	err := c.Store.PutAgents(as)
+	c.mu.Lock()
+	c.writes++
+	c.agents += len(as)
+	c.mu.Unlock()
+	return err
+}
+
+func (c *countingStore) count() (writes, agents int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes, c.agents
+}
+
+// Heartbeats never cause a write of their own (issue 6, T5): lastSeen goes
+// to disk with the agent's next status change, or at shutdown.
+func TestHeartbeatsNeverWrite(t *testing.T) {
+	st := &countingStore{Store: testStore(t)}
+	r, err := New(Config{Store: st, MinTTL: time.Minute, Grace: time.Second, FlushInterval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	enroll(t, st.Store, r, "a1", "web-1")
+	enroll(t, st.Store, r, "a2", "web-2")
+	s1 := NewSession(context.Background(), "a1", 4)
+	_, err = r.Attach("a1", s1, &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	_, err = r.Attach("a2", NewSession(context.Background(), "a2", 4), &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { _, n := st.count(); return n == 2 }, 2*time.Second, time.Millisecond, "connects are written")
+	writes, _ := st.count()
+
+	// Many heartbeats over many flush intervals: nothing is written.
+	var last time.Time
+	for i := 0; i < 20; i++ {
+		last = time.Now()
+		r.Seen("a1", last)
+		r.Seen("a2", last)
+		time.Sleep(5 * time.Millisecond)
+	}
+	w, _ := st.count()
+	require.Equal(t, writes, w, "heartbeats alone must not write")
+
+	// A status change writes the agent with its latest lastSeen.
+	r.Detach("a1", s1)
+	require.Eventually(t, func() bool {
+		got, err := st.GetAgent("a1")
+		return err == nil && got.Status == store.StatusDisconnected && got.LastSeen.Equal(last)
+	}, 2*time.Second, time.Millisecond)
+	got, err := st.GetAgent("a2")
+	require.NoError(t, err)
+	require.True(t, got.LastSeen.Before(last), "a2's lastSeen waits for its next status change")
+
+	// Shutdown writes every lastSeen.
+	r.Stop()
+	got, err = st.GetAgent("a2")
+	require.NoError(t, err)
+	require.True(t, got.LastSeen.Equal(last))
+}
+
+// A flush writes only the agents that changed, not the whole fleet.
+func TestFlushWritesOnlyChangedAgents(t *testing.T) {
+	st := &countingStore{Store: testStore(t)}
+	r, err := New(Config{Store: st, MinTTL: time.Minute, Grace: time.Second, FlushInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(r.Stop)
+	for i := range 10 {
+		enroll(t, st.Store, r, fmt.Sprintf("a%d", i), fmt.Sprintf("web-%d", i))
+	}
+	_, err = r.Attach("a3", NewSession(context.Background(), "a3", 4), &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { _, n := st.count(); return n == 1 }, 2*time.Second, time.Millisecond)
+	r.SetCertExpiry("a4", time.Now().Add(time.Hour))
+	r.NoteDropped("a5", 7)
+	require.Eventually(t, func() bool { _, n := st.count(); return n == 3 }, 2*time.Second, time.Millisecond)
+	got, err := st.GetAgent("a5")
+	require.NoError(t, err)
+	require.EqualValues(t, 7, got.OutboxDropped)
 }

@@ -6,6 +6,12 @@
 // queued (up to Options.MaxBatchResults results), commits the group, and
 // answers every batch of it. Under load batches pile up while a commit runs,
 // so groups grow by themselves; with no load a batch is committed at once.
+// Commits start at most every Options.MinInterval (10 ms): on a fast disk a
+// commit takes a millisecond or two, and without pacing a steady stream of
+// small batches would become hundreds of tiny commits per second, each two
+// fsyncs and a rewrite of the same B+tree pages. Paced, a busy control plane
+// makes at most 100 commits per second, however many results it takes in,
+// and a quiet one still commits a lone batch at once.
 // A batch is acknowledged only once it is durable: if the commit fails,
 // every batch of the group gets the error, and the agents resend (the store
 // drops what it already has by sequence number).
@@ -27,8 +33,11 @@ import (
 // ErrStopped is returned for batches submitted after Stop began.
 var ErrStopped = errors.New("ingest committer stopped")
 
-// DefaultMaxBatchResults is the default for Options.MaxBatchResults.
-const DefaultMaxBatchResults = 4096
+// Defaults for Options.
+const (
+	DefaultMaxBatchResults = 4096
+	DefaultMinInterval     = 10 * time.Millisecond
+)
 
 // Options tune the committer. The zero value is the production setting.
 type Options struct {
@@ -39,6 +48,13 @@ type Options struct {
 	// for more to arrive before committing. Default 0: no added latency;
 	// groups form naturally while the previous commit runs.
 	MaxDelay time.Duration
+	// MinInterval is the least time between the starts of two commits
+	// (default DefaultMinInterval; negative: no pacing). A batch that
+	// arrives when the last commit started longer ago is committed at
+	// once; otherwise it waits, with whatever else arrives, for the
+	// interval to pass (or for a full group). It bounds the commits, and so
+	// the fsyncs, per second: 2 fsyncs per commit at most 2/MinInterval.
+	MinInterval time.Duration
 	// Registerer receives the committer's metrics (tend_ingest_*); nil
 	// means they are not registered.
 	Registerer prometheus.Registerer
@@ -60,6 +76,8 @@ type Committer struct {
 	queued   int // results in queue
 	started  bool
 	stopping bool
+
+	lastStart time.Time // when the last commit started (loop only)
 }
 
 type request struct {
@@ -76,6 +94,12 @@ func New(st store.Store, opts Options, log *slog.Logger) *Committer {
 	}
 	if opts.MaxDelay < 0 {
 		opts.MaxDelay = 0
+	}
+	switch {
+	case opts.MinInterval == 0:
+		opts.MinInterval = DefaultMinInterval
+	case opts.MinInterval < 0:
+		opts.MinInterval = 0
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -207,7 +231,13 @@ func (c *Committer) next() ([]request, bool) {
 	}
 	if c.opts.MaxDelay > 0 && !c.stopping && c.queued < c.opts.MaxBatchResults {
 		c.mu.Unlock()
-		c.linger()
+		c.linger(time.Now().Add(c.opts.MaxDelay))
+		c.mu.Lock()
+	}
+	if next := c.lastStart.Add(c.opts.MinInterval); !c.stopping && c.queued < c.opts.MaxBatchResults && time.Now().Before(next) {
+		c.mu.Unlock()
+		c.m.paced.Inc()
+		c.linger(next)
 		c.mu.Lock()
 	}
 	n, results := 1, len(c.queue[0].batch.Results)
@@ -226,9 +256,9 @@ func (c *Committer) next() ([]request, bool) {
 	return group, true
 }
 
-// linger waits up to MaxDelay for the queue to fill a group.
-func (c *Committer) linger() {
-	timer := time.NewTimer(c.opts.MaxDelay)
+// linger waits until the deadline, or until the queue fills a group.
+func (c *Committer) linger(deadline time.Time) {
+	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	for {
 		select {
@@ -254,6 +284,7 @@ func (c *Committer) commit(group []request) {
 		results += len(r.batch.Results)
 	}
 	start := time.Now()
+	c.lastStart = start
 	outs, err := c.commitResults(batches)
 	c.m.commitSeconds.Observe(time.Since(start).Seconds())
 	c.m.commits.Inc()
@@ -293,9 +324,9 @@ func (c *Committer) commitResults(batches []store.ResultBatch) (outs []store.Com
 }
 
 type metrics struct {
-	stored, duplicates, commits, commitErrors, refused prometheus.Counter
-	commitSeconds, batchResults                        prometheus.Histogram
-	queueDepth                                         prometheus.Gauge
+	stored, duplicates, commits, commitErrors, refused, paced prometheus.Counter
+	commitSeconds, batchResults                               prometheus.Histogram
+	queueDepth                                                prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) metrics {
@@ -315,6 +346,9 @@ func newMetrics(reg prometheus.Registerer) metrics {
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tend_ingest_refused_batches_total", Help: "Batches the store refused on their own (unknown or revoked agent, invalid result).",
 		}),
+		paced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tend_ingest_paced_total", Help: "Commits that waited for the minimum interval since the previous commit (gathering more batches).",
+		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tend_ingest_commit_seconds", Help: "Duration of one group commit, fsync included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms .. 4 s
@@ -328,7 +362,7 @@ func newMetrics(reg prometheus.Registerer) metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.stored, m.duplicates, m.commits, m.commitErrors, m.refused, m.commitSeconds, m.batchResults, m.queueDepth)
+		reg.MustRegister(m.stored, m.duplicates, m.commits, m.commitErrors, m.refused, m.paced, m.commitSeconds, m.batchResults, m.queueDepth)
 	}
 	return m
 }

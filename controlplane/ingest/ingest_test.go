@@ -425,3 +425,36 @@ func TestMaxDelayGathers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 2, out.Stored)
 }
+
+func TestMinIntervalPacesCommits(t *testing.T) {
+	spy := &spyStore{}
+	reg := prometheus.NewRegistry()
+	c := started(t, spy, Options{MinInterval: time.Hour, Registerer: reg})
+	// The first batch is committed at once: nothing was committed before.
+	_, err := c.Submit(context.Background(), batch("a0", 1, 1))
+	require.NoError(t, err)
+	// The next ones arrive within the interval: they wait, together, for
+	// it (or for a full group, or for Stop).
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		c.SubmitAsync(batch(fmt.Sprintf("a%d", i+1), 1, 1), func(_ store.CommitOutcome, err error) { assert.NoError(t, err); wg.Done() })
+	}
+	require.Eventually(t, func() bool { return metric(t, reg, "tend_ingest_paced_total") == 1 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, []int{1}, spy.callSizes())
+	c.Stop()
+	wg.Wait()
+	require.Equal(t, []int{1, 3}, spy.callSizes())
+}
+
+func TestMinIntervalFullGroupGoesAtOnce(t *testing.T) {
+	spy := &spyStore{}
+	c := started(t, spy, Options{MinInterval: time.Hour, MaxBatchResults: 2})
+	_, err := c.Submit(context.Background(), batch("a0", 1, 1))
+	require.NoError(t, err)
+	// A full group does not wait for the interval.
+	out, err := c.Submit(context.Background(), batch("a1", 1, 2))
+	require.NoError(t, err)
+	require.Equal(t, 2, out.Stored)
+	require.Equal(t, []int{1, 1}, spy.callSizes())
+}

@@ -44,6 +44,7 @@ func (m *Manager) escalate(tr *track, why string) {
 	}
 	m.cancelTimer(tr)
 	m.releaseTask(tr)
+	m.dropApproval(tr, "not sent: the incident was escalated")
 	m.event(tr, store.Event{Kind: "escalated", Message: why}, store.IncidentEscalated)
 	inc := *tr.inc
 	m.log.Warn("incident escalated", "incident", inc.ID, "agent_id", inc.AgentID, "policy", inc.Policy, "why", why)
@@ -146,6 +147,18 @@ func (m *Manager) PolicyChanged(name string) {
 // and the last close of each (agent, policy) (cooldown).
 func (m *Manager) recover() error {
 	now := m.cfg.Now()
+	m.started = now
+	states, err := m.cfg.Store.ListPolicyStates()
+	if err != nil {
+		return fmt.Errorf("load policy states: %w", err)
+	}
+	for i := range states {
+		ps := states[i]
+		m.pstate[ps.Policy] = &ps
+		if ps.Correlated {
+			m.armSweep()
+		}
+	}
 	all, err := m.cfg.Store.ListIncidents(store.IncidentFilter{})
 	if err != nil {
 		return fmt.Errorf("load incidents: %w", err)
@@ -168,8 +181,16 @@ func (m *Manager) recover() error {
 		return fmt.Errorf("load tasks: %w", err)
 	}
 	for _, t := range tasks {
-		if now.Sub(t.CreatedAt) < time.Hour {
-			m.hourWindow(t.Policy).Add(t.CreatedAt)
+		if t.Seq == 0 {
+			continue // never sent: awaiting approval, or dropped before
+		}
+		start := t.CreatedAt
+		if !t.ApprovedAt.IsZero() {
+			start = t.ApprovedAt
+		}
+		if now.Sub(start) < time.Hour {
+			m.hourWindow(t.Policy).Add(start)
+			m.fleetHour.Add(start)
 		}
 	}
 	opened := 0
@@ -188,6 +209,10 @@ func (m *Manager) recover() error {
 		}
 		for j := range its {
 			t := its[j]
+			if t.State == store.TaskAwaitingApproval {
+				tr.approval = &t
+				continue
+			}
 			if !store.TaskTerminal(t.State) {
 				if tr.task == nil {
 					tr.task = &t

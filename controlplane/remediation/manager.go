@@ -18,10 +18,10 @@ import (
 	"time"
 
 	"tend.dev/tend/controlplane/dispatch"
-	"tend.dev/tend/controlplane/engine"
 	"tend.dev/tend/controlplane/fleet"
 	"tend.dev/tend/controlplane/governor"
 	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/internal/engine"
 	"tend.dev/tend/internal/pki"
 	"tend.dev/tend/internal/policy"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
@@ -40,10 +40,12 @@ type Config struct {
 	Store    store.Store
 	Fleet    *fleet.Registry
 	Policies Policies
-	Signer   *pki.SigningKey
-	Webhook  *dispatch.Webhook
-	Log      *slog.Logger
-	Now      func() time.Time
+	// Signer returns the key that signs tasks now (key rotation may change
+	// it between two tasks).
+	Signer  func() *pki.SigningKey
+	Webhook *dispatch.Webhook
+	Log     *slog.Logger
+	Now     func() time.Time
 	// TaskTTL is how long a signed task stays valid for the agent to start
 	// it (default 60s).
 	TaskTTL time.Duration
@@ -52,6 +54,13 @@ type Config struct {
 	// Observe, if set, is told the latency from a result that completed a
 	// trigger (received) to the task being reported running by the agent.
 	Observe func(kind string, d time.Duration)
+	// FleetMaxConcurrent and FleetMaxPerHour bound remediation tasks across
+	// all policies (0: no limit).
+	FleetMaxConcurrent int
+	FleetMaxPerHour    int
+	// OrderKeys verifies the standing orders in agents' autonomous run
+	// reports (nil: every report is dropped).
+	OrderKeys OrderKeys
 }
 
 type key struct{ agent, policy string }
@@ -62,6 +71,7 @@ type track struct {
 	state     engine.State
 	inc       *store.Incident // open incident, nil if none
 	task      *store.Task     // task in flight for the open incident
+	approval  *store.Task     // task awaiting approval for the open incident
 	passes    int             // consecutive passing results
 	resolved  time.Time       // last verified recovery (cooldown)
 	lastEnd   time.Time       // when the last attempt ended
@@ -87,6 +97,15 @@ type Manager struct {
 	rules   map[string]ruleEntry // policy name → compiled rule of a version
 	running map[string]int       // policy → tasks in flight fleet-wide
 	hour    map[string]*governor.HourWindow
+	// fleetHour: task starts of all policies in the last hour.
+	fleetHour governor.HourWindow
+	// pstate: breaker and correlated hold per policy (persisted).
+	pstate map[string]*store.PolicyState
+	// failing: policy → agent → when its latest (failing) result came.
+	failing    map[string]map[string]time.Time
+	sweepArmed bool
+	started    time.Time
+	matched    map[string]matchedEntry
 }
 
 type ruleEntry struct {
@@ -119,6 +138,9 @@ func New(cfg Config) *Manager {
 		rules:   map[string]ruleEntry{},
 		running: map[string]int{},
 		hour:    map[string]*governor.HourWindow{},
+		pstate:  map[string]*store.PolicyState{},
+		failing: map[string]map[string]time.Time{},
+		matched: map[string]matchedEntry{},
 	}
 }
 
@@ -282,6 +304,7 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 	} else {
 		tr.passes = 0
 	}
+	m.noteResult(p, agentID, d.Passed, now)
 
 	if tr.inc == nil {
 		// After an escalation the trigger stays set until the check has
@@ -459,8 +482,7 @@ func (m *Manager) attempt(tr *track) {
 		return
 	}
 	now := m.cfg.Now()
-	matched := m.cfg.Policies.MatchedCount(p.Name(), m.cfg.Fleet.List())
-	in := governor.FromPolicy(p, matched)
+	in := governor.FromPolicy(p, m.matchedCount(p.Name(), m.cfg.Now()))
 	in.Now = now
 	if a, ok := m.cfg.Fleet.Get(tr.key.agent); ok {
 		in.Agent = a.Name
@@ -473,15 +495,40 @@ func (m *Manager) attempt(tr *track) {
 	hw := m.hourWindow(p.Name())
 	in.StartedLastHour = hw.Count(now)
 	in.PerHourFreeAt = hw.FreeAt(now, in.MaxPerHour)
+	in.FleetRunning = m.fleetRunning()
+	in.FleetMaxConcurrent = m.cfg.FleetMaxConcurrent
+	in.FleetStartedLastHour = m.fleetHour.Count(now)
+	in.FleetMaxPerHour = m.cfg.FleetMaxPerHour
+	in.FleetPerHourFreeAt = m.fleetHour.FreeAt(now, m.cfg.FleetMaxPerHour)
+	if ps, ok := m.pstate[p.Name()]; ok {
+		in.BreakerOpen, in.BreakerDetail = ps.BreakerOpen, ps.BreakerReason
+		in.Correlated = ps.Correlated
+		if ps.Correlated {
+			in.CorrelatedDetail = "fleet incident " + ps.FleetIncidentID + ": " + ps.CorrelatedReason
+		}
+	}
+	if a := tr.approval; a != nil {
+		in.Approved = a.ApprovedBy != ""
+		in.ApprovalDeadline = a.ApprovalDeadline
+	}
 	dec := governor.Decide(in)
 	if dec.Escalate {
 		m.escalate(tr, dec.Reason)
 		return
 	}
+	if dec.Rule == governor.RuleApprovalRequired && tr.approval == nil {
+		m.requestApproval(tr, p)
+		return
+	}
+	if dec.Rule == governor.RuleShadow {
+		if prm, err := m.taskParams(tr, p); err == nil {
+			dec.Reason += shadowMarker + p.Spec.Remediation.Action + " " + string(prm.json)
+		}
+	}
 	if !dec.Act {
 		last := lastEvent(tr.inc)
 		if last.Kind != "suppressed" || last.Rule != dec.Rule {
-			m.event(tr, store.Event{Kind: "suppressed", Rule: dec.Rule, Message: dec.Reason}, store.IncidentSuppressed)
+			m.event(tr, store.Event{Kind: "suppressed", Rule: dec.Rule, Message: dec.Reason, TaskID: approvalID(tr)}, store.IncidentSuppressed)
 		}
 		if !dec.RetryAt.IsZero() {
 			m.after(tr, dec.RetryAt, func() { m.attempt(tr) })
@@ -489,6 +536,22 @@ func (m *Manager) attempt(tr *track) {
 		return
 	}
 	m.dispatch(tr, p)
+}
+
+func approvalID(tr *track) string {
+	if tr.approval != nil {
+		return tr.approval.ID
+	}
+	return ""
+}
+
+// fleetRunning is the number of tasks in flight across all policies.
+func (m *Manager) fleetRunning() int {
+	n := 0
+	for _, c := range m.running {
+		n += c
+	}
+	return n
 }
 
 func lastEvent(inc *store.Incident) store.Event {

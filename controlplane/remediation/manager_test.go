@@ -57,6 +57,12 @@ type harness struct {
 
 func newHarness(t *testing.T, policyYAML string, agents ...string) *harness {
 	t.Helper()
+	return newHarnessWith(t, policyYAML, nil, agents...)
+}
+
+// newHarnessWith is newHarness with a change to the manager's Config.
+func newHarnessWith(t *testing.T, policyYAML string, mod func(*Config), agents ...string) *harness {
+	t.Helper()
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "tend.db"), bolt.Options{NoSync: true})
 	require.NoError(t, err)
 	t.Cleanup(func() { st.Close() })
@@ -82,7 +88,11 @@ func newHarness(t *testing.T, policyYAML string, agents ...string) *harness {
 		require.NoError(t, err)
 		h.sessions[id] = s
 	}
-	h.m = New(Config{Store: st, Fleet: reg, Policies: fp, Signer: key, Log: quiet})
+	cfg := Config{Store: st, Fleet: reg, Policies: fp, Signer: func() *pki.SigningKey { return key }, Log: quiet}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h.m = New(cfg)
 	require.NoError(t, h.m.Start())
 	t.Cleanup(h.m.Stop)
 	return h
@@ -100,14 +110,20 @@ func (h *harness) task(agent string) *taskv1.Task {
 	case m := <-h.sessions[agent].Out():
 		env := m.GetTask().GetEnvelope()
 		require.NotNil(h.t, env, "expected a task, got %v", m)
-		tk, err := task.OpenTask(env, map[string]ed25519.PublicKey{h.key.ID: h.key.Pub})
-		require.NoError(h.t, err)
-		require.Equal(h.t, agent, tk.GetAgentId())
-		return tk
+		return h.openTask(agent, env)
 	case <-time.After(5 * time.Second):
 		h.t.Fatalf("no task for %s", agent)
 	}
 	return nil
+}
+
+// openTask opens an envelope like the agent.
+func (h *harness) openTask(agent string, env []byte) *taskv1.Task {
+	h.t.Helper()
+	tk, err := task.OpenTask(env, map[string]ed25519.PublicKey{h.key.ID: h.key.Pub})
+	require.NoError(h.t, err)
+	require.Equal(h.t, agent, tk.GetAgentId())
+	return tk
 }
 
 func (h *harness) noTask(agent string) {
@@ -359,7 +375,7 @@ func TestRestartFollowsUpAnIncidentLeftRemediating(t *testing.T) {
 		st.FinishedAt = time.Now()
 		return nil
 	}))
-	m2 := New(Config{Store: h.st, Fleet: h.fleet, Policies: h.policies, Signer: h.key, Log: quiet})
+	m2 := New(Config{Store: h.st, Fleet: h.fleet, Policies: h.policies, Signer: func() *pki.SigningKey { return h.key }, Log: quiet})
 	require.NoError(t, m2.Start())
 	t.Cleanup(m2.Stop)
 	h.m = m2

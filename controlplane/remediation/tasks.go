@@ -2,7 +2,6 @@ package remediation
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,84 +13,36 @@ import (
 
 	"tend.dev/tend/controlplane/governor"
 	"tend.dev/tend/controlplane/store"
+	"tend.dev/tend/internal/failpoint"
 	"tend.dev/tend/internal/policy"
 	"tend.dev/tend/internal/task"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 	taskv1 "tend.dev/tend/proto/tend/task/v1"
 )
 
-// substituteParams replaces label tokens in every string of the params.
-func substituteParams(v any, labels map[string]string) (any, error) {
-	switch x := v.(type) {
-	case string:
-		return policy.Substitute(x, labels)
-	case []any:
-		out := make([]any, len(x))
-		for i, e := range x {
-			s, err := substituteParams(e, labels)
-			if err != nil {
-				return nil, fmt.Errorf("[%d]: %w", i, err)
-			}
-			out[i] = s
-		}
-		return out, nil
-	case map[string]any:
-		out := make(map[string]any, len(x))
-		for k, e := range x {
-			s, err := substituteParams(e, labels)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", k, err)
-			}
-			out[k] = s
-		}
-		return out, nil
-	}
-	return v, nil
-}
-
-// dispatch creates, signs, stores and sends one task for the incident.
+// dispatch creates (or, for an approved task, completes), signs, stores and
+// sends one task for the incident.
 func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 	rem := p.Spec.Remediation
-	agent, _ := m.cfg.Fleet.Get(tr.key.agent)
-	raw := map[string]any{}
-	if rem.Params != nil {
-		raw = rem.Params
+	prm, err := m.taskParams(tr, p)
+	if err != nil {
+		m.escalate(tr, err.Error())
+		return
 	}
-	sub, err := substituteParams(raw, agent.Labels)
+	ps, err := structpb.NewStruct(prm.values)
 	if err != nil {
 		m.escalate(tr, fmt.Sprintf("remediation params of %s: %v", p.Name(), err))
 		return
 	}
-	params := sub.(map[string]any)
-	paramsJSON, err := json.Marshal(params)
-	if err != nil {
-		m.escalate(tr, fmt.Sprintf("remediation params of %s: %v", p.Name(), err))
-		return
-	}
-	ps, err := structpb.NewStruct(params)
-	if err != nil {
-		m.escalate(tr, fmt.Sprintf("remediation params of %s: %v", p.Name(), err))
-		return
-	}
+	signer := m.cfg.Signer()
 	now := m.cfg.Now()
 	attempt := tr.inc.Attempts + 1
 	_, version, _ := m.cfg.Policies.Lookup(p.Name())
-	t := store.Task{
-		ID:            newID("task"),
-		IncidentID:    tr.inc.ID,
-		AgentID:       tr.key.agent,
-		Policy:        p.Name(),
-		PolicyVersion: version,
-		Action:        rem.Action,
-		Params:        paramsJSON,
-		State:         store.TaskPending,
-		Attempt:       attempt,
-		CreatedAt:     now,
-		NotBefore:     now.Add(-m.cfg.ClockSkew),
-		ExpiresAt:     now.Add(m.cfg.TaskTTL),
-	}
-	stored, err := m.cfg.Store.CreateTask(t, func(t *store.Task) error {
-		env, err := task.Seal(m.cfg.Signer, &taskv1.Task{
+	seal := func(t *store.Task) error {
+		t.State = store.TaskPending
+		t.NotBefore = now.Add(-m.cfg.ClockSkew)
+		t.ExpiresAt = now.Add(m.cfg.TaskTTL)
+		env, err := task.Seal(signer, &taskv1.Task{
 			TaskId:        t.ID,
 			AgentId:       t.AgentID,
 			IncidentId:    t.IncidentID,
@@ -110,7 +61,33 @@ func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 		}
 		t.Envelope = env
 		return nil
-	})
+	}
+	var stored store.Task
+	if a := tr.approval; a != nil {
+		// Approved (or approval no longer required): sign the task the
+		// person saw, with the params they approved.
+		if string(a.Params) != string(prm.json) {
+			m.dropApproval(tr, "the policy's params changed before the task was sent")
+			m.escalate(tr, fmt.Sprintf("the params of %s changed after task %s was put up for approval: approve the new task of a new incident instead", p.Name(), a.ID))
+			return
+		}
+		attempt = a.Attempt
+		stored, err = m.cfg.Store.SealTask(a.ID, seal)
+		tr.approval = nil
+	} else {
+		stored, err = m.cfg.Store.CreateTask(store.Task{
+			ID:            newID("task"),
+			IncidentID:    tr.inc.ID,
+			AgentID:       tr.key.agent,
+			Policy:        p.Name(),
+			PolicyVersion: version,
+			Action:        rem.Action,
+			Params:        prm.json,
+			State:         store.TaskPending,
+			Attempt:       attempt,
+			CreatedAt:     now,
+		}, seal)
+	}
 	if err != nil {
 		m.log.Error("create task", "incident", tr.inc.ID, "err", err)
 		m.escalate(tr, fmt.Sprintf("could not create the task: %v", err))
@@ -120,11 +97,12 @@ func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 	tr.inc.Attempts = attempt
 	m.running[p.Name()]++
 	m.hourWindow(p.Name()).Add(now)
+	m.fleetHour.Add(now)
 	maxAttempts := rem.MaxAttempts
 	m.event(tr, store.Event{Kind: "decided", TaskID: stored.ID,
-		Message: fmt.Sprintf("attempt %d of %d: %s %s", attempt, maxAttempts, rem.Action, string(paramsJSON))}, store.IncidentRemediating)
+		Message: fmt.Sprintf("attempt %d of %d: %s %s", attempt, maxAttempts, rem.Action, string(prm.json))}, store.IncidentRemediating)
 	m.event(tr, store.Event{Kind: "signed", TaskID: stored.ID,
-		Message: fmt.Sprintf("task %s seq %d signed with key %s, valid until %s", stored.ID, stored.Seq, m.cfg.Signer.ID, stored.ExpiresAt.Format(time.RFC3339))}, "")
+		Message: fmt.Sprintf("task %s seq %d signed with key %s, valid until %s", stored.ID, stored.Seq, signer.ID, stored.ExpiresAt.Format(time.RFC3339))}, "")
 	m.send(tr, stored)
 	m.after(tr, stored.ExpiresAt.Add(expiryMargin), func() { m.expire(tr, stored.ID) })
 }
@@ -146,6 +124,7 @@ func (m *Manager) send(tr *track, t store.Task) {
 		m.event(tr, store.Event{Kind: "sent", TaskID: t.ID, Message: "agent not connected: the task waits for it (until it expires)"}, "")
 		return
 	}
+	failpoint.Inject(failpoint.CPBeforeTaskSend)
 	if !s.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Task{Task: &agentv1.TaskDelivery{Envelope: t.Envelope}}}) {
 		m.event(tr, store.Event{Kind: "sent", TaskID: t.ID, Message: "agent stream busy: the task waits for the reconnect"}, "")
 		return
@@ -307,13 +286,10 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 		m.event(tr, store.Event{At: now, Kind: "finished", TaskID: t.ID, Message: "succeeded: " + firstLine(output)}, "")
 		m.event(tr, store.Event{At: now, Kind: "verifying", TaskID: t.ID,
 			Message: fmt.Sprintf("waiting up to %s for %s to pass again", within, t.Policy)}, store.IncidentVerifying)
-		m.after(tr, now.Add(within), func() {
-			if tr.inc != nil && tr.inc.State == store.IncidentVerifying {
-				m.retryOrEscalate(tr, fmt.Sprintf("not verified: %s did not pass within %s of the task", t.Policy, within))
-			}
-		})
+		m.after(tr, now.Add(within), func() { m.notVerified(tr, t.Policy, within) })
 	case store.TaskRejected:
 		m.event(tr, store.Event{At: now, Kind: "rejected", TaskID: t.ID, Message: "the agent rejected the task: " + reason}, "")
+		m.noteFailedAttempt(tr, "task "+t.ID+" rejected: "+reason)
 		// A rejection (allow-list, signature, addressee) is deterministic:
 		// retrying would be rejected again.
 		m.escalate(tr, "the agent rejected the task: "+reason)
@@ -326,14 +302,29 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 			msg = firstLine(output)
 		}
 		m.event(tr, store.Event{At: now, Kind: "finished", TaskID: t.ID, Message: "failed: " + msg}, "")
+		m.noteFailedAttempt(tr, "task "+t.ID+" failed: "+msg)
 		m.retryOrEscalate(tr, "task failed: "+msg)
 	}
 	return nil
 }
 
+// notVerified ends an attempt whose check did not pass again in time.
+func (m *Manager) notVerified(tr *track, pol string, within time.Duration) {
+	if tr.inc == nil || tr.inc.State != store.IncidentVerifying {
+		return
+	}
+	why := fmt.Sprintf("not verified: %s did not pass within %s of the task", pol, within)
+	m.noteFailedAttempt(tr, why)
+	m.retryOrEscalate(tr, why)
+}
+
 // retryOrEscalate schedules the next attempt after the backoff, or
-// escalates when the attempts are used up.
+// escalates when the attempts are used up or the policy's breaker is open.
 func (m *Manager) retryOrEscalate(tr *track, why string) {
+	if ps, ok := m.pstate[tr.key.policy]; ok && ps.BreakerOpen {
+		m.escalate(tr, fmt.Sprintf("%s; breaker_open: %s stopped acting (%s); re-arm it with `tendctl rearm policy %s`", why, tr.key.policy, ps.BreakerReason, tr.key.policy))
+		return
+	}
 	p, _, ok := m.cfg.Policies.Lookup(tr.key.policy)
 	if !ok || p.Spec.Remediation == nil {
 		m.escalate(tr, why)
@@ -360,6 +351,7 @@ func (m *Manager) resolve(tr *track, why string) {
 	}
 	m.event(tr, store.Event{At: now, Kind: kind, Message: why}, store.IncidentResolved)
 	m.log.Info("incident resolved", "incident", tr.inc.ID, "agent_id", tr.key.agent, "policy", tr.key.policy, "why", why)
+	m.dropApproval(tr, "not needed: the incident was resolved")
 	tr.state.ResetAfterVerifiedRecovery()
 	tr.resolved = now
 	tr.inc = nil
@@ -376,6 +368,17 @@ func (m *Manager) wakeWaiting(pol string, except *track) {
 		}
 		if last := lastEvent(tr.inc); last.Rule == governor.RuleMaxConcurrent || last.Rule == governor.RuleFleetMaxConcurrent {
 			m.attempt(tr)
+		}
+	}
+	// A fleet-wide slot freed: incidents of other policies waiting for it.
+	if m.cfg.FleetMaxConcurrent > 0 {
+		for _, tr := range m.sortedTracks() {
+			if tr == except || tr.key.policy == pol || tr.inc == nil || tr.task != nil || tr.inc.State != store.IncidentSuppressed {
+				continue
+			}
+			if lastEvent(tr.inc).Rule == governor.RuleFleetMaxConcurrent {
+				m.attempt(tr)
+			}
 		}
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"tend.dev/tend/controlplane/dispatch"
 	"tend.dev/tend/controlplane/fleet"
 	"tend.dev/tend/controlplane/ingest"
+	"tend.dev/tend/controlplane/keys"
 	"tend.dev/tend/controlplane/remediation"
 	"tend.dev/tend/controlplane/store"
 	"tend.dev/tend/controlplane/store/bolt"
@@ -46,12 +47,26 @@ type Config struct {
 	HeartbeatMinTTL time.Duration
 	HeartbeatGrace  time.Duration
 	HistoryPerCheck int
-	// MaxRecvMsgSize caps one gRPC message (default 4 MiB).
+	// FleetMaxConcurrent and FleetMaxPerHour bound remediation tasks across
+	// all policies (0: no limit).
+	FleetMaxConcurrent int
+	FleetMaxPerHour    int
+	// MaxRecvMsgSize caps one gRPC message received (default
+	// DefaultMaxRecvMsgSize).
 	MaxRecvMsgSize int
+	// MaxSendMsgSize caps one gRPC message sent (default
+	// DefaultMaxSendMsgSize).
+	MaxSendMsgSize int
 	Log            *slog.Logger
 	// OnLatency, if set, also receives the remediation latencies that go
 	// to the tend_remediation_latency_seconds histogram (benchmarks).
 	OnLatency func(step string, d time.Duration)
+	// HandlerProbe, if set, is called with the full method name of every
+	// RPC that passed authorization, just before its handler runs: an
+	// interceptor chained after the auth interceptor (tests: the auth
+	// matrix counts that denied calls never reach a handler). Leave nil in
+	// production.
+	HandlerProbe func(method string)
 }
 
 // Defaults.
@@ -61,6 +76,19 @@ const (
 	ServerCertTTL       = 365 * 24 * time.Hour
 	StoreFile           = "tend.db"
 	AdminConfFile       = "admin.conf"
+
+	// DefaultMaxRecvMsgSize: the largest message a legitimate client
+	// sends is an agent's result batch, at most 1 MiB of results
+	// (agent/stream.DefaultBatchMaxBytes; results carry at most 4 KiB of
+	// output and 64 metrics) plus one result, or a policy file of at most
+	// 1 MiB (api.MaxPolicyFile). 4 MiB leaves room and refuses anything
+	// bigger before it is decoded.
+	DefaultMaxRecvMsgSize = 4 << 20
+	// DefaultMaxSendMsgSize: the largest messages sent are an agent's
+	// check assignment (one spec per matching policy), a task envelope
+	// (params from a policy file of at most 1 MiB) and admin listings.
+	// Agents accept as much (agent/stream.MaxRecvMsgSize).
+	DefaultMaxSendMsgSize = 16 << 20
 )
 
 // Server is a running control plane.
@@ -68,7 +96,7 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	ca       *pki.CA
-	signing  *pki.SigningKey
+	keys     *keys.Ring
 	store    store.Store
 	fleet    *fleet.Registry
 	ingest   *ingest.Committer
@@ -96,7 +124,10 @@ func New(cfg Config) (*Server, error) {
 		cfg.AgentCertTTL = DefaultAgentCertTTL
 	}
 	if cfg.MaxRecvMsgSize <= 0 {
-		cfg.MaxRecvMsgSize = 4 << 20
+		cfg.MaxRecvMsgSize = DefaultMaxRecvMsgSize
+	}
+	if cfg.MaxSendMsgSize <= 0 {
+		cfg.MaxSendMsgSize = DefaultMaxSendMsgSize
 	}
 	log := cfg.Log
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -109,19 +140,17 @@ func New(cfg Config) (*Server, error) {
 	if created {
 		log.Info("created CA", "dir", cfg.DataDir, "pin", ca.Pin())
 	}
-	signing, created, err := pki.LoadOrCreateSigningKey(filepath.Join(cfg.DataDir, pki.SigningKeyFile))
+	ring, err := keys.Open(cfg.DataDir, nil)
 	if err != nil {
 		return nil, err
 	}
-	if created {
-		log.Info("created task-signing key", "key_id", signing.ID)
-	}
+	log.Info("task-signing key", "active", ring.Active().ID, "published", len(ring.Published()))
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	s := &Server{cfg: cfg, log: log, ca: ca, signing: signing, lis: lis, reg: prometheus.NewRegistry()}
+	s := &Server{cfg: cfg, log: log, ca: ca, keys: ring, lis: lis, reg: prometheus.NewRegistry()}
 	cleanup := func() { lis.Close() }
 	if err := s.writeAdminConf(); err != nil {
 		cleanup()
@@ -170,8 +199,10 @@ func New(cfg Config) (*Server, error) {
 	}, []string{"step"})
 	s.reg.MustRegister(latency)
 	s.remed = remediation.New(remediation.Config{
-		Store: st, Fleet: s.fleet, Policies: s.policies, Signer: signing, Webhook: s.webhook,
-		Log: log.With("component", "remediation"),
+		Store: st, Fleet: s.fleet, Policies: s.policies, Signer: ring.Active, Webhook: s.webhook,
+		FleetMaxConcurrent: cfg.FleetMaxConcurrent, FleetMaxPerHour: cfg.FleetMaxPerHour,
+		OrderKeys: ring.AllPublic,
+		Log:       log.With("component", "remediation"),
 		Observe: func(step string, d time.Duration) {
 			latency.WithLabelValues(step).Observe(d.Seconds())
 			log.Debug("remediation latency", "step", step, "latency", d)
@@ -192,30 +223,60 @@ func New(cfg Config) (*Server, error) {
 		ClientCAs:    ca.Pool(),
 		MinVersion:   tls.VersionTLS13,
 	}
-	auth := &api.Authorizer{AgentAllowed: s.fleet.Allowed, Log: log.With("component", "auth")}
+	// Recovery first, so that a panic anywhere after it fails one call only.
+	rec := &api.Recoverer{Log: log.With("component", "grpc")}
+	creds, err := api.NewCredentials(st)
+	if err != nil {
+		s.fleet.Stop()
+		cleanup()
+		return nil, err
+	}
+	if err := s.recordAdminCredential(); err != nil {
+		s.fleet.Stop()
+		cleanup()
+		return nil, err
+	}
+	auth := &api.Authorizer{AgentAllowed: s.fleet.Allowed, CredentialAllowed: creds.Allowed, Log: log.With("component", "auth")}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConf)),
-		grpc.ChainUnaryInterceptor(auth.Unary),
-		grpc.ChainStreamInterceptor(auth.Stream),
+		grpc.ChainUnaryInterceptor(rec.Unary, auth.Unary, probeUnary(cfg.HandlerProbe)),
+		grpc.ChainStreamInterceptor(rec.Stream, auth.Stream, probeStream(cfg.HandlerProbe)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.MaxSendMsgSize(cfg.MaxSendMsgSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		// Small per-connection buffers: a fleet means many mostly idle streams.
-		grpc.ReadBufferSize(16<<10),
-		grpc.WriteBufferSize(16<<10),
+		// Small per-connection buffers: a fleet means many mostly idle
+		// streams. No read buffer: the TLS connection below already
+		// buffers a record. A small write buffer (agents' acks, heartbeat
+		// acks and tasks are tiny), shared: a connection holds one only
+		// while it writes. Together ~20 KB less heap per connected agent
+		// than 16 KB each way (docs/BENCHMARKS.md, T2).
+		grpc.ReadBufferSize(0),
+		grpc.WriteBufferSize(4<<10),
+		grpc.SharedWriteBuffer(true),
 	)
 	now := time.Now
 	agentv1.RegisterEnrollmentServiceServer(s.grpc, &api.Enrollment{
-		Store: st, Fleet: s.fleet, CA: ca, SigningKeys: s.signingKeys, AgentCertTTL: cfg.AgentCertTTL,
+		Store: st, Fleet: s.fleet, CA: ca, SigningKeys: ring.Published, AgentCertTTL: cfg.AgentCertTTL,
 		Log: log.With("component", "enroll"), Now: now,
 	})
 	agentv1.RegisterAgentServiceServer(s.grpc, &api.Stream{
-		Store: st, Fleet: s.fleet, Ingest: s.ingest, Policies: s.policies, Remediation: s.remed,
+		Store: st, Fleet: s.fleet, Ingest: s.ingest, Policies: s.policies, Remediation: s.remed, Keys: ring,
 		Log: log.With("component", "stream"), Now: now, Streams: streams,
 	})
 	adminv1.RegisterAdminServiceServer(s.grpc, &api.Admin{
 		Store: st, Fleet: s.fleet, Policies: s.policies, CA: ca, Log: log.With("component", "admin"), Now: now,
-		OnPolicyChange: s.remed.PolicyChanged,
+		OnPolicyChange: s.remed.PolicyChanged, Remediation: s.remed, Keys: ring, Credentials: creds,
+	})
+	// A change of the published keys reaches every connected agent now
+	// (the others get it when they connect, and in every renewal).
+	ring.OnChange(func() {
+		msg := api.SigningKeySet(ring)
+		s.fleet.Connected(func(_ store.Agent, sess *fleet.Session) { sess.TrySend(msg) })
+		// Standing orders are re-signed with the active key, so that
+		// retiring an old key leaves no connected agent with orders only
+		// it signed.
+		s.policies.PushOrders(s.fleet, ring.Active, time.Now())
 	})
 
 	if cfg.HTTPListen != "" {
@@ -246,10 +307,6 @@ func (s *Server) serverNames() []string {
 		names = append(names, h)
 	}
 	return append(names, s.cfg.TLSSANs...)
-}
-
-func (s *Server) signingKeys() []*agentv1.SigningKey {
-	return []*agentv1.SigningKey{{KeyId: s.signing.ID, PublicKey: s.signing.Pub}}
 }
 
 // writeAdminConf writes DATA_DIR/admin.conf on first start; later starts
@@ -329,6 +386,26 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	// Standing orders are re-signed for connected agents well before they
+	// expire.
+	refreshCtx, stopRefresh := context.WithCancel(ctx)
+	defer stopRefresh()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			t := time.NewTimer(s.policies.OrdersRefresh())
+			select {
+			case <-refreshCtx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			if s.policies.HasAutonomous() {
+				s.policies.PushOrders(s.fleet, s.keys.Active, time.Now())
+			}
+		}
+	}()
 	s.log.Info("control plane ready", "listen", s.AdminAddr(), "http", s.HTTPAddr(), "data_dir", s.cfg.DataDir,
 		"heartbeat_ttl", s.fleet.TTL(), "heartbeat_grace", s.fleet.Grace())
 	var runErr error
@@ -336,6 +413,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
+	stopRefresh()
 	s.shutdown()
 	return runErr
 }
@@ -376,4 +454,34 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, n := range c.f.Counts() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), st)
 	}
+}
+
+// recordAdminCredential lists admin.conf's certificate among the
+// credentials (once), so that `tendctl get credentials` shows it and
+// `tendctl delete credential admin` can revoke it.
+func (s *Server) recordAdminCredential() error {
+	c, err := adminconf.Load(filepath.Join(s.cfg.DataDir, AdminConfFile))
+	if err != nil {
+		return err
+	}
+	cert, err := pki.ParseCertPEM([]byte(c.Cert))
+	if err != nil {
+		return fmt.Errorf("admin.conf certificate: %w", err)
+	}
+	serial := cert.SerialNumber.Text(16)
+	all, err := s.store.ListCredentials()
+	if err != nil {
+		return err
+	}
+	for _, cr := range all {
+		if cr.Serial == serial {
+			return nil
+		}
+	}
+	id, err := pki.IdentityOf(cert)
+	if err != nil {
+		return fmt.Errorf("admin.conf certificate: %w", err)
+	}
+	return s.store.PutCredential(store.Credential{Name: id.ID, Role: id.Role, Serial: serial,
+		IssuedAt: cert.NotBefore, ExpiresAt: cert.NotAfter, IssuedBy: "tend-controlplane (admin.conf)"})
 }

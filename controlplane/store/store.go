@@ -30,6 +30,9 @@ var (
 	// finished task reported running again), or a task is created for a
 	// closed incident. Callers ignore it for late or replayed reports.
 	ErrTerminal = errors.New("already in a terminal state")
+	// ErrState is returned when a record is not in the state an operation
+	// needs (approving a task that does not await approval).
+	ErrState = errors.New("not in the state the operation needs")
 )
 
 // Agent statuses, as shown by the admin API.
@@ -177,6 +180,7 @@ type Store interface {
 	ListResults(agentID, checkID string, limit int) ([]*agentv1.CheckResult, error)
 
 	RemediationStore
+	CredentialStore
 
 	Close() error
 }
@@ -200,13 +204,16 @@ func IncidentTerminal(state string) bool {
 
 // Task states (as agentv1.TaskState, lower-case).
 const (
-	TaskPending   = "pending"
-	TaskSent      = "sent"
-	TaskRunning   = "running"
-	TaskSucceeded = "succeeded"
-	TaskFailed    = "failed"
-	TaskExpired   = "expired"
-	TaskRejected  = "rejected"
+	// TaskAwaitingApproval: created for a policy with requireApproval; not
+	// signed and without a seq until `tendctl approve task` (SealTask).
+	TaskAwaitingApproval = "awaiting_approval"
+	TaskPending          = "pending"
+	TaskSent             = "sent"
+	TaskRunning          = "running"
+	TaskSucceeded        = "succeeded"
+	TaskFailed           = "failed"
+	TaskExpired          = "expired"
+	TaskRejected         = "rejected"
 )
 
 // TaskTerminal reports whether a task in this state is finished.
@@ -273,6 +280,9 @@ type Task struct {
 	// ApprovedBy is set when a task that needs approval was approved.
 	ApprovedBy string    `json:"approvedBy,omitempty"`
 	ApprovedAt time.Time `json:"approvedAt,omitzero"`
+	// ApprovalDeadline: until when an approval is accepted (awaiting
+	// approval only).
+	ApprovalDeadline time.Time `json:"approvalDeadline,omitzero"`
 }
 
 // IncidentFilter selects incidents; zero fields match everything.
@@ -310,7 +320,9 @@ type RemediationStore interface {
 	// ListIncidents returns matching incidents, newest first (by OpenedAt).
 	ListIncidents(f IncidentFilter) ([]Incident, error)
 
-	// CreateTask assigns the task the agent's next sequence number (strictly
+	// CreateTask stores a task. A task in state TaskAwaitingApproval gets no
+	// seq and is not sealed (seal may be nil): SealTask does both once it is
+	// approved. Any other task: CreateTask assigns the agent's next sequence number (strictly
 	// increasing per agent, never reused, persisted), calls seal (which signs
 	// it and sets Envelope) and stores it, all in one transaction; if seal
 	// fails nothing is stored and the sequence number is not consumed.
@@ -328,7 +340,65 @@ type RemediationStore interface {
 	UpdateTask(id string, fn func(*Task) error) error
 	// ListTasks returns matching tasks, newest first (by CreatedAt).
 	ListTasks(f TaskFilter) ([]Task, error)
+	// SealTask turns a task awaiting approval into one that can be sent, in
+	// one transaction: it assigns the agent's next sequence number, then
+	// seal sets the task's times, approval and state (pending) and signs it.
+	// A task not awaiting approval is refused with ErrState (wrapped); if
+	// seal fails nothing is written.
+	SealTask(id string, seal func(*Task) error) (Task, error)
 	// TaskSeq returns the agent's last assigned task sequence number (0 if
 	// it never had a task).
 	TaskSeq(agentID string) (uint64, error)
+
+	// GetPolicyState returns a policy's safety-rail state (ErrNotFound if
+	// it never had one); PutPolicyState replaces it; ListPolicyStates
+	// returns all of them.
+	GetPolicyState(policy string) (PolicyState, error)
+	PutPolicyState(ps PolicyState) error
+	ListPolicyStates() ([]PolicyState, error)
+}
+
+// Credential is a client certificate issued to an operator of the admin
+// API (not to agents).
+type Credential struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	Serial    string    `json:"serial"` // hex
+	IssuedAt  time.Time `json:"issuedAt"`
+	ExpiresAt time.Time `json:"expiresAt"`
+	IssuedBy  string    `json:"issuedBy"`
+	Revoked   bool      `json:"revoked,omitempty"`
+	RevokedAt time.Time `json:"revokedAt,omitzero"`
+}
+
+// CredentialStore keeps the admin API's credentials. It is part of Store.
+type CredentialStore interface {
+	// PutCredential stores or replaces a credential by serial.
+	PutCredential(c Credential) error
+	// ListCredentials returns every credential, by issue time.
+	ListCredentials() ([]Credential, error)
+}
+
+// FleetAgentID is the AgentID of a fleet-wide incident (one per policy
+// while open): a correlated failure of many agents.
+const FleetAgentID = "fleet"
+
+// PolicyState is what the remediation loop must remember about a policy
+// across restarts: its circuit breaker and its correlated-failure hold.
+type PolicyState struct {
+	Policy string `json:"policy"`
+	// Failures are the ends of failed attempts still inside the breaker's
+	// window (oldest first).
+	Failures        []time.Time `json:"failures,omitempty"`
+	BreakerOpen     bool        `json:"breakerOpen,omitempty"`
+	BreakerOpenedAt time.Time   `json:"breakerOpenedAt,omitzero"`
+	BreakerReason   string      `json:"breakerReason,omitempty"`
+	// Correlated: a fleet-wide incident holds host-by-host remediation.
+	Correlated       bool      `json:"correlated,omitempty"`
+	CorrelatedAt     time.Time `json:"correlatedAt,omitzero"`
+	CorrelatedReason string    `json:"correlatedReason,omitempty"`
+	FleetIncidentID  string    `json:"fleetIncidentId,omitempty"`
+	// The last re-arm by a person.
+	RearmedAt time.Time `json:"rearmedAt,omitzero"`
+	RearmedBy string    `json:"rearmedBy,omitempty"`
 }

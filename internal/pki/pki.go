@@ -25,11 +25,19 @@ import (
 	"time"
 )
 
-// Roles carried in a certificate's OrganizationalUnit.
+// Roles carried in a certificate's OrganizationalUnit. Agents have
+// RoleAgent; people and tools using the admin API have one of the three
+// operator roles: viewer (read only), operator (viewer, plus approving
+// tasks and re-arming policies) and admin (everything).
 const (
-	RoleAgent = "agent"
-	RoleAdmin = "admin"
+	RoleAgent    = "agent"
+	RoleViewer   = "viewer"
+	RoleOperator = "operator"
+	RoleAdmin    = "admin"
 )
+
+// OperatorRoles are the roles of admin API credentials.
+var OperatorRoles = []string{RoleViewer, RoleOperator, RoleAdmin}
 
 // File names inside the control plane's data dir.
 const (

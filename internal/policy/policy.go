@@ -70,11 +70,28 @@ const (
 	DefaultMaxAttempts   = 3
 	DefaultBackoff       = 30 * time.Second
 	DefaultCooldown      = 10 * time.Minute
-	MinInterval          = time.Second
-	MaxWindow            = 100
-	maxNameLen           = 63
-	maxParamsNodes       = 10000
-	maxExactFloatInteger = 1 << 53
+	// Approval: an unapproved task escalates after this.
+	DefaultApprovalTimeout = time.Hour
+	// Circuit breaker: this many failed attempts (task failed, or not
+	// verified) of a policy within the window open it.
+	DefaultBreakerFailures = 5
+	DefaultBreakerWindow   = time.Hour
+	// Correlated failures: more than this percent of the matched agents
+	// failing within the window, and at least MinAgents of them, is one
+	// fleet-wide problem, not many host problems.
+	DefaultCorrelationPercent   = 50
+	DefaultCorrelationWindow    = 5 * time.Minute
+	DefaultCorrelationMinAgents = 3
+	// Autonomy: act alone after 30 s without the control plane, at most 3
+	// times an hour, under orders valid for 24 h.
+	DefaultOfflineAfter      = 30 * time.Second
+	DefaultOfflineMaxPerHour = 3
+	DefaultOfflineValidFor   = 24 * time.Hour
+	MinInterval              = time.Second
+	MaxWindow                = 100
+	maxNameLen               = 63
+	maxParamsNodes           = 10000
+	maxExactFloatInteger     = 1 << 53
 )
 
 // Policy is one parsed, validated policy document with defaults applied.
@@ -100,14 +117,27 @@ type Spec struct {
 	Selector   Selector `yaml:"selector" json:"selector"`
 	Mode       string   `yaml:"mode" json:"mode"`
 	Autonomous bool     `yaml:"autonomous" json:"autonomous"`
-	Check      Check    `yaml:"check" json:"check"`
-	Trigger    Trigger  `yaml:"trigger" json:"trigger"`
+	// Offline is the autonomous policy's offline budget (set, with
+	// defaults, exactly when Autonomous).
+	Offline *Offline `yaml:"offline,omitempty" json:"offline,omitempty"`
+	Check   Check    `yaml:"check" json:"check"`
+	Trigger Trigger  `yaml:"trigger" json:"trigger"`
 	// Remediation is nil when the policy only watches.
 	Remediation *Remediation `yaml:"remediation,omitempty" json:"remediation,omitempty"`
 	// Limits is nil when the policy sets no fleet-wide limits.
 	Limits *Limits `yaml:"limits,omitempty" json:"limits,omitempty"`
 	// Escalate is nil when nothing is paged.
 	Escalate *Escalate `yaml:"escalate,omitempty" json:"escalate,omitempty"`
+}
+
+// Offline bounds what an agent does alone under a standing order: it acts
+// only after the control plane has been unreachable for After, at most
+// MaxPerHour times in any hour, and the order it holds expires ValidFor
+// after it was signed (the control plane re-signs long before).
+type Offline struct {
+	After      Duration `yaml:"after" json:"after"`
+	MaxPerHour int      `yaml:"maxPerHour" json:"maxPerHour"`
+	ValidFor   Duration `yaml:"validFor" json:"validFor"`
 }
 
 // Selector picks agents by label. An empty selector is an error, never "all".
@@ -189,6 +219,9 @@ type Remediation struct {
 	Backoff Duration `yaml:"backoff" json:"backoff"`
 	// Cooldown is the quiet time after a remediation before the next one.
 	Cooldown Duration `yaml:"cooldown" json:"cooldown"`
+	// ApprovalTimeout is how long a task that needs approval waits for it
+	// before the incident escalates (set when RequireApproval).
+	ApprovalTimeout Duration `yaml:"approvalTimeout,omitempty" json:"approvalTimeout,omitempty"`
 }
 
 // Plugin returns the plugin part of Action ("process" for "process.restart").
@@ -209,6 +242,31 @@ type Limits struct {
 	MaxConcurrent MaxConcurrent `yaml:"maxConcurrent,omitempty" json:"maxConcurrent,omitempty"`
 	// MaxPerHour is 0 for no limit.
 	MaxPerHour int `yaml:"maxPerHour,omitempty" json:"maxPerHour,omitempty"`
+	// Breaker is the policy's circuit breaker (defaults when left out).
+	Breaker *Breaker `yaml:"breaker,omitempty" json:"breaker,omitempty"`
+	// Correlation is the correlated-failure suppression (defaults when
+	// left out).
+	Correlation *Correlation `yaml:"correlation,omitempty" json:"correlation,omitempty"`
+}
+
+// Breaker stops a policy that keeps failing: Failures failed attempts
+// (the task failed, or the check did not pass again) within Window open
+// it; it then escalates instead of acting until `tendctl rearm policy`.
+// Failures 0 turns it off.
+type Breaker struct {
+	Failures int      `yaml:"failures" json:"failures"`
+	Window   Duration `yaml:"window" json:"window"`
+}
+
+// Correlation holds host-by-host remediation when many agents fail at
+// once: when more than Percent of the agents the policy matches (and at
+// least MinAgents) have failed it within Window, one fleet-wide incident
+// is opened and escalated, and no task is sent until fewer fail. Percent 0
+// turns it off.
+type Correlation struct {
+	Percent   int      `yaml:"percent" json:"percent"`
+	Window    Duration `yaml:"window" json:"window"`
+	MinAgents int      `yaml:"minAgents" json:"minAgents"`
 }
 
 // Escalate says whom to tell when automation could not fix it.

@@ -18,7 +18,8 @@ import (
 )
 
 // base is a valid policy; cases edit one line of it, so line numbers stay
-// put.
+// put. Its action is a third-party plugin's, whose params are free-form
+// (TestBuiltinActionParams checks the built-in actions' schemas).
 const base = `apiVersion: tend.dev/v1
 kind: Policy
 metadata:
@@ -35,7 +36,7 @@ spec:
     failures: 3
     window: 5
   remediation:
-    action: process.restart
+    action: custom.restart
     timeout: 30s
 `
 
@@ -85,7 +86,10 @@ func TestDesignExample(t *testing.T) {
 		Backoff:         Duration(30 * time.Second),
 		Cooldown:        Duration(10 * time.Minute),
 	}, s.Remediation)
-	require.Equal(t, &Limits{MaxConcurrent: "10%", MaxPerHour: 20}, s.Limits)
+	require.Equal(t, &Limits{MaxConcurrent: "10%", MaxPerHour: 20,
+		Breaker:     &Breaker{Failures: DefaultBreakerFailures, Window: Duration(DefaultBreakerWindow)},
+		Correlation: &Correlation{Percent: DefaultCorrelationPercent, Window: Duration(DefaultCorrelationWindow), MinAgents: DefaultCorrelationMinAgents},
+	}, s.Limits)
 	require.Equal(t, &Escalate{Webhook: "http://127.0.0.1:9999/hook"}, s.Escalate)
 }
 
@@ -114,7 +118,7 @@ spec:
     type: tcp
     tcp: {address: "127.0.0.1:5432"}
   remediation:
-    action: service.restart
+    action: custom.restart
     params: {}
   limits: {}
   escalate: {}
@@ -128,14 +132,18 @@ spec:
 	require.Equal(t, Duration(10*time.Second), s.Check.Timeout)
 	require.Equal(t, Trigger{Failures: 3, Window: 5}, s.Trigger)
 	require.Equal(t, &Remediation{
-		Action:      "service.restart",
+		Action:      "custom.restart",
 		Timeout:     Duration(DefaultActionTimeout),
 		Verify:      Verify{Within: Duration(DefaultVerifyWithin)},
 		MaxAttempts: DefaultMaxAttempts,
 		Backoff:     Duration(DefaultBackoff),
 		Cooldown:    Duration(DefaultCooldown),
 	}, s.Remediation)
-	require.Nil(t, s.Limits)
+	require.Equal(t, &Limits{
+		Breaker:     &Breaker{Failures: DefaultBreakerFailures, Window: Duration(DefaultBreakerWindow)},
+		Correlation: &Correlation{Percent: DefaultCorrelationPercent, Window: Duration(DefaultCorrelationWindow), MinAgents: DefaultCorrelationMinAgents},
+	}, s.Limits, "breaker and correlated-failure suppression are on by default")
+	require.Zero(t, s.Remediation.ApprovalTimeout, "no approval timeout without requireApproval")
 	require.Nil(t, s.Escalate)
 
 	cases := []struct {
@@ -159,6 +167,29 @@ spec:
 			require.Equal(t, 200, ps[0].Spec.Check.HTTP.ExpectStatus)
 		})
 	}
+}
+
+func TestParseSafetyLimits(t *testing.T) {
+	ps, err := Parse("p.yaml", []byte(edit("    timeout: 30s\n", `    timeout: 30s
+    requireApproval: true
+  limits:
+    breaker: {failures: 0}
+    correlation: {percent: 30, window: 1m}
+`)))
+	require.NoError(t, err)
+	s := ps[0].Spec
+	require.Equal(t, &Breaker{Failures: 0, Window: Duration(DefaultBreakerWindow)}, s.Limits.Breaker, "failures: 0 turns the breaker off")
+	require.Equal(t, &Correlation{Percent: 30, Window: Duration(time.Minute), MinAgents: DefaultCorrelationMinAgents}, s.Limits.Correlation)
+	require.Equal(t, Duration(DefaultApprovalTimeout), s.Remediation.ApprovalTimeout, "approval timeout defaults with requireApproval")
+}
+
+func TestParseAutonomous(t *testing.T) {
+	ps, err := Parse("p.yaml", []byte(edit("  check:\n", "  autonomous: true\n  offline: {maxPerHour: 2}\n  check:\n")))
+	require.NoError(t, err)
+	require.Equal(t, &Offline{After: Duration(DefaultOfflineAfter), MaxPerHour: 2, ValidFor: Duration(DefaultOfflineValidFor)}, ps[0].Spec.Offline)
+	ps, err = Parse("p.yaml", []byte(base))
+	require.NoError(t, err)
+	require.Nil(t, ps[0].Spec.Offline, "no offline budget without autonomous")
 }
 
 func TestParseErrors(t *testing.T) {
@@ -252,11 +283,11 @@ func TestParseErrors(t *testing.T) {
 			[]string{`p.yaml:15: spec.trigger.window: must be from 1 to 100, got 101`}},
 		{"failures not an int", edit("failures: 3", "failures: three"),
 			[]string{`p.yaml:14: spec.trigger.failures: want an integer, got "three"`}},
-		{"action form", edit("action: process.restart", "action: restart"),
+		{"action form", edit("action: custom.restart", "action: restart"),
 			[]string{`p.yaml:17: spec.remediation.action: invalid action "restart": want <plugin>.<action> in lowercase, e.g. process.restart`}},
-		{"action unknown for shipped plugin", edit("action: process.restart", "action: process.restrat"),
+		{"action unknown for shipped plugin", edit("action: custom.restart", "action: process.restrat"),
 			[]string{`p.yaml:17: spec.remediation.action: unknown action "process.restrat": plugin process has process.restart, process.kill`}},
-		{"action missing", edit("    action: process.restart\n", "\n"),
+		{"action missing", edit("    action: custom.restart\n", "\n"),
 			[]string{`p.yaml:16: spec.remediation.action: required field missing: <plugin>.<action>, e.g. process.restart`}},
 		{"remediation durations", edit("    timeout: 30s\n", "    timeout: 0s\n    verify: {within: -1s}\n    backoff: -1s\n    cooldown: soon\n    maxAttempts: 0\n"),
 			[]string{
@@ -282,6 +313,22 @@ func TestParseErrors(t *testing.T) {
 			[]string{`p.yaml:19: spec.limits.maxConcurrent: want a number such as 3 or a percent such as "10%", got a list`}},
 		{"maxPerHour zero", edit("    timeout: 30s\n", "    timeout: 30s\n  limits: {maxPerHour: 0}\n"),
 			[]string{`p.yaml:19: spec.limits.maxPerHour: must be at least 1 (leave it out for no limit), got 0`}},
+		{"breaker failures negative", edit("    timeout: 30s\n", "    timeout: 30s\n  limits: {breaker: {failures: -1}}\n"),
+			[]string{`p.yaml:19: spec.limits.breaker.failures: must be from 0 (off) to 1000, got -1`}},
+		{"breaker window zero", edit("    timeout: 30s\n", "    timeout: 30s\n  limits: {breaker: {failures: 3, window: 0s}}\n"),
+			[]string{`p.yaml:19: spec.limits.breaker.window: must be greater than 0 and at most 168h, got 0s`}},
+		{"correlation percent too big", edit("    timeout: 30s\n", "    timeout: 30s\n  limits: {correlation: {percent: 150}}\n"),
+			[]string{`p.yaml:19: spec.limits.correlation.percent: must be from 0 (off) to 100, got 150`}},
+		{"correlation minAgents zero", edit("    timeout: 30s\n", "    timeout: 30s\n  limits: {correlation: {percent: 50, minAgents: 0}}\n"),
+			[]string{`p.yaml:19: spec.limits.correlation.minAgents: must be at least 1, got 0`}},
+		{"approvalTimeout without approval", edit("    timeout: 30s\n", "    timeout: 30s\n    approvalTimeout: 5m\n"),
+			[]string{`p.yaml:19: spec.remediation.approvalTimeout: only means something with requireApproval: true`}},
+		{"offline without autonomous", edit("  check:\n", "  offline: {maxPerHour: 2}\n  check:\n"),
+			[]string{`p.yaml:8: spec.offline: only means something with autonomous: true`}},
+		{"offline budget too big", edit("  check:\n", "  autonomous: true\n  offline: {maxPerHour: 100}\n  check:\n"),
+			[]string{`p.yaml:9: spec.offline.maxPerHour: must be from 1 to 60, got 100`}},
+		{"autonomous with approval", edit("  check:\n", "  autonomous: true\n  check:\n", "    timeout: 30s\n", "    timeout: 30s\n    requireApproval: true\n"),
+			[]string{`p.yaml:8: spec.autonomous: cannot be combined with requireApproval`}},
 		{"webhook not http", edit("    timeout: 30s\n", "    timeout: 30s\n  escalate: {webhook: \"mailto:ops@example.com\"}\n"),
 			[]string{`p.yaml:19: spec.escalate.webhook: want an absolute http:// or https:// URL, got "mailto:ops@example.com"`}},
 		{"autonomous not a bool", edit("  check:\n", "  autonomous: maybe\n  check:\n"),

@@ -149,3 +149,34 @@ func (d *docDecoder) templatedList(field string, items []string) bool {
 	}
 	return any
 }
+
+// SubstituteParams replaces label tokens in every string of a remediation's
+// params (a JSON value: maps, lists, strings, numbers, bools); errors name
+// the path of the string that failed.
+func SubstituteParams(v any, labels map[string]string) (any, error) {
+	switch x := v.(type) {
+	case string:
+		return Substitute(x, labels)
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			s, err := SubstituteParams(e, labels)
+			if err != nil {
+				return nil, fmt.Errorf("[%d]: %w", i, err)
+			}
+			out[i] = s
+		}
+		return out, nil
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			s, err := SubstituteParams(e, labels)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", k, err)
+			}
+			out[k] = s
+		}
+		return out, nil
+	}
+	return v, nil
+}

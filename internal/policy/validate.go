@@ -77,6 +77,26 @@ func (d *docDecoder) validate(p *Policy) {
 		d.add("spec.mode", "unknown mode %q (want enforce or shadow)", s.Mode)
 	}
 
+	if o := s.Offline; o != nil {
+		if !s.Autonomous {
+			d.add("spec.offline", "only means something with autonomous: true")
+		}
+		if d.present("spec.offline.after") && (o.After < Duration(5*time.Second) || o.After > Duration(24*time.Hour)) {
+			d.add("spec.offline.after", "must be from 5s to 24h, got %s", o.After)
+		}
+		if d.present("spec.offline.maxPerHour") && (o.MaxPerHour < 1 || o.MaxPerHour > 60) {
+			d.add("spec.offline.maxPerHour", "must be from 1 to 60, got %d", o.MaxPerHour)
+		}
+		if d.present("spec.offline.validFor") && (o.ValidFor < Duration(time.Minute) || o.ValidFor > Duration(7*24*time.Hour)) {
+			d.add("spec.offline.validFor", "must be from 1m to 168h, got %s", o.ValidFor)
+		}
+	}
+	if s.Autonomous && s.Remediation == nil {
+		d.add("spec.autonomous", "an autonomous policy needs a remediation to run")
+	}
+	if s.Autonomous && s.Remediation != nil && s.Remediation.RequireApproval {
+		d.add("spec.autonomous", "cannot be combined with requireApproval: nobody can approve while the control plane is away")
+	}
 	d.validateCheck(&s.Check)
 	d.validateTrigger(&s.Trigger)
 	if s.Remediation != nil {
@@ -90,6 +110,25 @@ func (d *docDecoder) validate(p *Policy) {
 		}
 		if d.present("spec.limits.maxPerHour") && l.MaxPerHour < 1 {
 			d.add("spec.limits.maxPerHour", "must be at least 1 (leave it out for no limit), got %d", l.MaxPerHour)
+		}
+		if b := l.Breaker; b != nil {
+			if b.Failures < 0 || b.Failures > 1000 {
+				d.add("spec.limits.breaker.failures", "must be from 0 (off) to 1000, got %d", b.Failures)
+			}
+			if d.present("spec.limits.breaker.window") && (b.Window <= 0 || b.Window > Duration(7*24*time.Hour)) {
+				d.add("spec.limits.breaker.window", "must be greater than 0 and at most 168h, got %s", b.Window)
+			}
+		}
+		if c := l.Correlation; c != nil {
+			if c.Percent < 0 || c.Percent > 100 {
+				d.add("spec.limits.correlation.percent", "must be from 0 (off) to 100, got %d", c.Percent)
+			}
+			if d.present("spec.limits.correlation.window") && (c.Window <= 0 || c.Window > Duration(24*time.Hour)) {
+				d.add("spec.limits.correlation.window", "must be greater than 0 and at most 24h, got %s", c.Window)
+			}
+			if d.present("spec.limits.correlation.minAgents") && c.MinAgents < 1 {
+				d.add("spec.limits.correlation.minAgents", "must be at least 1, got %d", c.MinAgents)
+			}
 		}
 	}
 	if e := s.Escalate; e != nil && d.present("spec.escalate.webhook") {
@@ -325,10 +364,18 @@ func (d *docDecoder) validateRemediation(r *Remediation) {
 	}
 	positive(".verify.within", r.Verify.Within)
 	notNegative(".backoff", r.Backoff)
+	positive(".approvalTimeout", r.ApprovalTimeout)
+	if r.ApprovalTimeout > Duration(7*24*time.Hour) {
+		d.add(base+".approvalTimeout", "must be at most 168h, got %s", r.ApprovalTimeout)
+	}
+	if d.present(base+".approvalTimeout") && !r.RequireApproval {
+		d.add(base+".approvalTimeout", "only means something with requireApproval: true")
+	}
 	notNegative(".cooldown", r.Cooldown)
 	if d.present(base+".maxAttempts") && r.MaxAttempts < 1 {
 		d.add(base+".maxAttempts", "must be at least 1, got %d", r.MaxAttempts)
 	}
+	d.validateParams(r)
 }
 
 func prefixAll(prefix string, s []string) []string {
@@ -372,12 +419,47 @@ func (d *docDecoder) applyDefaults(p *Policy) {
 		if !d.present(base + ".maxAttempts") {
 			r.MaxAttempts = DefaultMaxAttempts
 		}
+		if r.RequireApproval {
+			defaultDuration(".approvalTimeout", &r.ApprovalTimeout, DefaultApprovalTimeout)
+		}
 		if len(r.Params) == 0 {
 			r.Params = nil
 		}
 	}
-	if l := s.Limits; l != nil && l.MaxConcurrent == "" && l.MaxPerHour == 0 {
-		s.Limits = nil
+	if s.Autonomous {
+		if s.Offline == nil {
+			s.Offline = &Offline{}
+		}
+		if !d.present("spec.offline.after") {
+			s.Offline.After = Duration(DefaultOfflineAfter)
+		}
+		if !d.present("spec.offline.maxPerHour") {
+			s.Offline.MaxPerHour = DefaultOfflineMaxPerHour
+		}
+		if !d.present("spec.offline.validFor") {
+			s.Offline.ValidFor = Duration(DefaultOfflineValidFor)
+		}
+	}
+	// Breaker and correlation are on unless turned off: the stored spec
+	// always says which.
+	if s.Limits == nil {
+		s.Limits = &Limits{}
+	}
+	l := s.Limits
+	if l.Breaker == nil {
+		l.Breaker = &Breaker{Failures: DefaultBreakerFailures}
+	}
+	if !d.present("spec.limits.breaker.window") {
+		l.Breaker.Window = Duration(DefaultBreakerWindow)
+	}
+	if l.Correlation == nil {
+		l.Correlation = &Correlation{Percent: DefaultCorrelationPercent}
+	}
+	if !d.present("spec.limits.correlation.window") {
+		l.Correlation.Window = Duration(DefaultCorrelationWindow)
+	}
+	if !d.present("spec.limits.correlation.minAgents") {
+		l.Correlation.MinAgents = DefaultCorrelationMinAgents
 	}
 	if e := s.Escalate; e != nil && e.Webhook == "" {
 		s.Escalate = nil

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"tend.dev/tend/internal/actions"
 	"tend.dev/tend/internal/version"
 	"tend.dev/tend/plugins/sdk"
 	pluginv1 "tend.dev/tend/proto/tend/plugin/v1"
@@ -68,18 +69,15 @@ func (p *Plugin) Describe(context.Context) (*pluginv1.DescribeResponse, error) {
 	}, nil
 }
 
-// runParams are exec.run's parameters.
-type runParams struct {
-	Argv []string
-}
+// runParams are exec.run's parameters, as internal/actions reads them for
+// the control plane and the agent too.
+type runParams = actions.ExecRunParams
 
 func parseRun(action string, m map[string]any) (runParams, error) {
 	if action != ActionRun {
 		return runParams{}, sdk.UnknownAction(action, ActionRun)
 	}
-	p := sdk.NewParams(m)
-	r := runParams{Argv: p.Argv("argv")}
-	return r, p.Err()
+	return actions.ParseExecRun(m)
 }
 
 // Validate checks exec.run's parameters.

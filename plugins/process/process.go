@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"tend.dev/tend/internal/actions"
 	"tend.dev/tend/internal/version"
 	"tend.dev/tend/plugins/sdk"
 	pluginv1 "tend.dev/tend/proto/tend/plugin/v1"
@@ -38,10 +39,9 @@ const (
 )
 
 const (
-	defaultGrace   = 10 * time.Second
-	maxGrace       = 5 * time.Minute
-	defaultConfirm = time.Second
-	maxConfirm     = time.Minute
+	defaultGrace   = actions.DefaultGrace
+	maxGrace       = actions.MaxGrace
+	defaultConfirm = actions.DefaultConfirm
 	// killWait is how long a SIGKILLed process may take to go.
 	killWait = 5 * time.Second
 	// poll is how often a process is looked at while waiting.
@@ -54,20 +54,9 @@ const (
 var commandEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 // signals are the signals process.kill may send, by name.
-var signals = map[string]syscall.Signal{
-	"TERM": syscall.SIGTERM, "KILL": syscall.SIGKILL, "HUP": syscall.SIGHUP, "INT": syscall.SIGINT,
-	"QUIT": syscall.SIGQUIT, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "STOP": syscall.SIGSTOP,
-	"CONT": syscall.SIGCONT, "ABRT": syscall.SIGABRT, "WINCH": syscall.SIGWINCH,
-}
+var signals = actions.Signals
 
-func signalNames() []string {
-	names := make([]string, 0, len(signals))
-	for n := range signals {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
+func signalNames() []string { return actions.SignalNames() }
 
 // Plugin implements sdk.Action.
 type Plugin struct {
@@ -118,78 +107,17 @@ func (p *Plugin) Describe(context.Context) (*pluginv1.DescribeResponse, error) {
 	}, nil
 }
 
-// matchParams say which process: exactly one of Pidfile and Name.
-type matchParams struct {
-	Pidfile string
-	Name    string
-}
+// The params, as internal/actions reads them for the control plane and
+// the agent too.
+type (
+	matchParams   = actions.Match
+	restartParams = actions.ProcessRestartParams
+	killParams    = actions.ProcessKillParams
+)
 
-type restartParams struct {
-	Match   matchParams
-	Command []string
-	Grace   time.Duration
-	Confirm time.Duration
-}
+func parseRestart(m map[string]any) (restartParams, error) { return actions.ParseProcessRestart(m) }
 
-type killParams struct {
-	Match      matchParams
-	Signal     syscall.Signal
-	SignalName string
-}
-
-func parseMatch(p *sdk.Params) matchParams {
-	m := p.Object("match")
-	var mp matchParams
-	if !m.Present() {
-		return mp
-	}
-	hasName, hasPidfile := m.Has("name"), m.Has("pidfile")
-	switch {
-	case hasName && hasPidfile:
-		p.Problem("match", "set exactly one of name or pidfile, not both")
-	case !hasName && !hasPidfile:
-		p.Problem("match", "set exactly one of name or pidfile")
-	case hasPidfile:
-		mp.Pidfile = m.Path("pidfile")
-	default:
-		mp.Name = m.String("name")
-		if strings.ContainsRune(mp.Name, '/') || len(mp.Name) > 255 {
-			m.Problem("name", "want a bare program name (no '/', at most 255 bytes) as in /proc/<pid>/comm or the base name of argv[0], got %s", quote(mp.Name))
-			mp.Name = ""
-		}
-	}
-	return mp
-}
-
-func parseRestart(m map[string]any) (restartParams, error) {
-	p := sdk.NewParams(m)
-	r := restartParams{
-		Match:   parseMatch(p),
-		Command: p.Argv("command"),
-		Grace:   p.OptDuration("grace", defaultGrace),
-		Confirm: p.OptDuration("confirm", defaultConfirm),
-	}
-	if r.Grace > maxGrace {
-		p.Problem("grace", "at most %s, got %s", maxGrace, r.Grace)
-	}
-	if r.Confirm > maxConfirm {
-		p.Problem("confirm", "at most %s, got %s", maxConfirm, r.Confirm)
-	}
-	return r, p.Err()
-}
-
-func parseKill(m map[string]any) (killParams, error) {
-	p := sdk.NewParams(m)
-	k := killParams{Match: parseMatch(p)}
-	name := p.OptString("signal", "TERM")
-	k.SignalName = strings.TrimPrefix(name, "SIG")
-	sig, ok := signals[k.SignalName]
-	if !ok {
-		p.Problem("signal", "want one of %s, got %s", strings.Join(signalNames(), ", "), quote(name))
-	}
-	k.Signal = sig
-	return k, p.Err()
-}
+func parseKill(m map[string]any) (killParams, error) { return actions.ParseProcessKill(m) }
 
 func parse(action string, m map[string]any) (any, error) {
 	switch action {

@@ -346,12 +346,19 @@ func TestHostileNamesAreQuoted(t *testing.T) {
 	src, err := os.ReadFile("/bin/sleep")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(bin, src, 0o755))
-	startProc(t, bin, "300")
+	p := startProc(t, bin, "300")
 	require.Eventually(t, func() bool {
 		procs, err := procFS{root: "/proc"}.byName(name)
 		return err == nil && len(procs) == 1
 	}, 5*time.Second, 10*time.Millisecond)
-	res := execute(t, ActionKill, map[string]any{"match": map[string]any{"name": name}, "signal": "KILL"})
+	// Asking for the name itself is refused: control characters are never
+	// a parameter.
+	_, err = New(nil).Execute(context.Background(), sdk.ExecuteRequest{TaskID: "t", Action: ActionKill,
+		Params: map[string]any{"match": map[string]any{"name": name}, "signal": "KILL"}})
+	require.ErrorIs(t, err, sdk.ErrInvalidParams)
+	require.ErrorContains(t, err, `param match.name: must not contain control characters (newline, escape, ...), got "t\x1b[31m\nx"`)
+	// Found by its pidfile, its name is quoted in the output.
+	res := execute(t, ActionKill, map[string]any{"match": map[string]any{"pidfile": writePidfile(t, dir, p.pid)}, "signal": "KILL"})
 	require.True(t, res.Success, res.Output)
 	require.NotContains(t, res.Output, "\x1b")
 	require.NotContains(t, res.Output, "\n")

@@ -27,16 +27,15 @@ package sdk
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/hashicorp/go-plugin"
 
+	"tend.dev/tend/internal/actions"
 	pluginv1 "tend.dev/tend/proto/tend/plugin/v1"
 )
 
@@ -72,10 +71,10 @@ var Handshake = plugin.HandshakeConfig{
 var (
 	// ErrInvalidParams marks an error about an action's parameters
 	// (codes.InvalidArgument on the wire).
-	ErrInvalidParams = errors.New("invalid params")
+	ErrInvalidParams = actions.ErrInvalidParams
 	// ErrUnknownAction marks an action the plugin does not serve
 	// (codes.NotFound on the wire).
-	ErrUnknownAction = errors.New("unknown action")
+	ErrUnknownAction = actions.ErrUnknownAction
 )
 
 // Action is what a plugin implements: one value per plugin binary, serving
@@ -130,31 +129,25 @@ func VersionedPlugins(impl Action) map[int]plugin.PluginSet {
 	}
 }
 
-// paramsError lists every problem with an action's parameters.
-type paramsError struct{ problems []string }
-
-func (e *paramsError) Error() string {
-	return "invalid params: " + strings.Join(e.problems, "; ")
-}
-
-func (e *paramsError) Is(target error) bool { return target == ErrInvalidParams }
-
 // InvalidParamsf returns an error wrapping ErrInvalidParams whose message
 // is "invalid params: " and the formatted text.
 func InvalidParamsf(format string, args ...any) error {
-	return &paramsError{problems: []string{fmt.Sprintf(format, args...)}}
+	return actions.InvalidParamsf(format, args...)
 }
 
 // UnknownAction returns an error wrapping ErrUnknownAction that names the
 // actions the plugin does serve.
 func UnknownAction(action string, known ...string) error {
-	return fmt.Errorf("%w %s (this plugin serves: %s)", ErrUnknownAction, Quote(action, 100), strings.Join(known, ", "))
+	return actions.UnknownAction(action, known...)
 }
 
-// CapOutput makes s valid UTF-8 and cuts it to at most MaxOutput bytes,
-// ending a cut text with "…[truncated]".
+// CapOutput makes s valid UTF-8, escapes its control characters other
+// than newline and tab (an escape sequence in a command's output reaches
+// whoever reads the task with tendctl as "\x1b[2J", not as a command to
+// their terminal), and cuts it to at most MaxOutput bytes, ending a cut
+// text with "…[truncated]".
 func CapOutput(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = escapeControls(strings.ToValidUTF8(s, "\uFFFD"))
 	if len(s) <= MaxOutput {
 		return s
 	}
@@ -166,17 +159,36 @@ func CapOutput(s string) string {
 	return s[:cut] + marker
 }
 
+// escapeControls writes C0 control characters but newline and tab, DEL
+// and the C1 controls as \xNN or \u00NN.
+func escapeControls(s string) string {
+	if strings.IndexFunc(s, isEscaped) < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 16)
+	for _, r := range s {
+		switch {
+		case !isEscaped(r):
+			b.WriteRune(r)
+		case r < 0x80:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+	}
+	return b.String()
+}
+
+func isEscaped(r rune) bool {
+	return r < 0x20 && r != '\n' && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0
+}
+
 // Quote returns s, from the host and so hostile (a process name, a file
 // name), as a Go-quoted string safe to put in output and logs: control
 // characters and invalid UTF-8 are escaped, and s is cut to max bytes
 // first (max <= 0: no cut).
-func Quote(s string, max int) string {
-	cut := ""
-	if max > 0 && len(s) > max {
-		s, cut = s[:max], "…"
-	}
-	return strconv.Quote(s) + cut
-}
+func Quote(s string, max int) string { return actions.Quote(s, max) }
 
 // ValidTaskID reports whether id can be used as one path element: 1 to 128
 // bytes of ASCII letters, digits, '-', '_' and '.', and not "." or "..".

@@ -172,6 +172,7 @@ func TestOutputIsCapped(t *testing.T) {
 func TestCapOutput(t *testing.T) {
 	require.Equal(t, "ok", CapOutput("ok"))
 	require.Equal(t, "a\uFFFDb", CapOutput("a\xffb"))
+	require.Equal(t, "line 1\n\tline 2\\x1b[2J\\x00\\x0d\\x7f\\u009b", CapOutput("line 1\n\tline 2\x1b[2J\x00\r\x7f\u009b"))
 	exact := strings.Repeat("x", MaxOutput)
 	require.Equal(t, exact, CapOutput(exact))
 	for _, s := range []string{strings.Repeat("x", MaxOutput+1), strings.Repeat("日本", 2000), strings.Repeat("a\xff", 3000)} {

@@ -64,6 +64,7 @@ func hclogLevel(v any) string {
 // goes away (the agent died) exits within a second, so that it is never
 // left behind.
 func Serve(impl Action) {
+	fixProcName()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go exitWhenOrphaned(ctx, os.Getppid())

@@ -19,6 +19,7 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 
+	"tend.dev/tend/internal/actions"
 	"tend.dev/tend/internal/version"
 	"tend.dev/tend/plugins/sdk"
 	pluginv1 "tend.dev/tend/proto/tend/plugin/v1"
@@ -28,12 +29,6 @@ import (
 const ActionRestart = "service.restart"
 
 const systemdRunDir = "/run/systemd/system"
-
-// unitTypes are systemd's unit suffixes.
-var unitTypes = []string{
-	".service", ".socket", ".device", ".mount", ".automount", ".swap",
-	".target", ".path", ".timer", ".slice", ".scope",
-}
 
 // unitManager is the part of a systemd D-Bus connection the plugin uses.
 type unitManager interface {
@@ -88,42 +83,16 @@ func (p *Plugin) Describe(context.Context) (*pluginv1.DescribeResponse, error) {
 }
 
 // unitName validates a unit name and adds ".service" when it has no
-// unit-type suffix.
-func unitName(name string) (string, error) {
-	if len(name) > 255 {
-		return "", fmt.Errorf("unit name %s is longer than 255 bytes", sdk.Quote(name, 64))
-	}
-	for _, r := range name {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(":-_.\\@", r)
-		if !ok {
-			return "", fmt.Errorf("unit name %s has %q, which systemd does not allow in unit names (letters, digits and \":-_.\\@\" only)", sdk.Quote(name, 255), r)
-		}
-	}
-	if strings.HasPrefix(name, ".") {
-		return "", fmt.Errorf("unit name %s must not start with '.'", sdk.Quote(name, 255))
-	}
-	for _, suffix := range unitTypes {
-		if strings.HasSuffix(name, suffix) && len(name) > len(suffix) {
-			return name, nil
-		}
-	}
-	return name + ".service", nil
-}
+// unit-type suffix (internal/actions, shared with the control plane and
+// the agent).
+func unitName(name string) (string, error) { return actions.UnitName(name) }
 
 func parseRestart(action string, m map[string]any) (string, error) {
 	if action != ActionRestart {
 		return "", sdk.UnknownAction(action, ActionRestart)
 	}
-	p := sdk.NewParams(m)
-	name := p.String("name")
-	unit := ""
-	if name != "" {
-		var err error
-		if unit, err = unitName(name); err != nil {
-			p.Problem("name", "%v", err)
-		}
-	}
-	return unit, p.Err()
+	r, err := actions.ParseServiceRestart(m)
+	return r.Unit, err
 }
 
 // Validate checks service.restart's parameters.

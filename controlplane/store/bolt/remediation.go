@@ -23,7 +23,7 @@ var (
 		store.IncidentFlapping,
 	}
 	taskStates = []string{
-		store.TaskPending, store.TaskSent, store.TaskRunning, store.TaskSucceeded,
+		store.TaskAwaitingApproval, store.TaskPending, store.TaskSent, store.TaskRunning, store.TaskSucceeded,
 		store.TaskFailed, store.TaskExpired, store.TaskRejected,
 	}
 )
@@ -250,7 +250,8 @@ func (s *Store) ListIncidents(f store.IncidentFilter) ([]store.Incident, error) 
 // set, and seal may not change ID, AgentID, IncidentID or Seq. A nil seal is
 // refused: every task is signed.
 func (s *Store) CreateTask(tk store.Task, seal func(*store.Task) error) (store.Task, error) {
-	if seal == nil {
+	awaiting := tk.State == store.TaskAwaitingApproval
+	if seal == nil && !awaiting {
 		return store.Task{}, fmt.Errorf("create task %q: no seal function", tk.ID)
 	}
 	if tk.CreatedAt.IsZero() {
@@ -276,33 +277,124 @@ func (s *Store) CreateTask(tk store.Task, seal func(*store.Task) error) (store.T
 		case store.IncidentTerminal(inc.State):
 			return fmt.Errorf("create task %q: incident %s is %s: %w", tk.ID, inc.ID, inc.State, store.ErrTerminal)
 		}
-		last, err := t.taskSeq(tk.AgentID)
-		if err != nil {
-			return err
+		if awaiting {
+			tk.Envelope = nil
+			return t.putTask(nil, tk)
 		}
-		if last == math.MaxUint64 {
-			return fmt.Errorf("create task %q: agent %s has used every task sequence number", tk.ID, tk.AgentID)
-		}
-		tk.Seq = last + 1
-		want := tk
-		if err := seal(&tk); err != nil {
-			return fmt.Errorf("create task %q: seal: %w", tk.ID, err)
-		}
-		if tk.ID != want.ID || tk.AgentID != want.AgentID || tk.IncidentID != want.IncidentID || tk.Seq != want.Seq {
-			return fmt.Errorf("create task %q: seal changed the task's id, agent, incident or seq", want.ID)
-		}
-		if err := validTask(tk); err != nil {
-			return fmt.Errorf("create task: after seal: %w", err)
-		}
-		if err := t.putTaskSeq(tk.AgentID, tk.Seq); err != nil {
-			return err
-		}
-		return t.putTask(nil, tk)
+		return t.sealTask(nil, &tk, seal, "create task")
 	})
 	if err != nil {
 		return store.Task{}, err
 	}
 	return tk, nil
+}
+
+// sealTask assigns tk the agent's next seq, calls seal and stores it (old
+// is the stored record being replaced, nil for a new task).
+func (t txn) sealTask(old *store.Task, tk *store.Task, seal func(*store.Task) error, op string) error {
+	last, err := t.taskSeq(tk.AgentID)
+	if err != nil {
+		return err
+	}
+	if last == math.MaxUint64 {
+		return fmt.Errorf("%s %q: agent %s has used every task sequence number", op, tk.ID, tk.AgentID)
+	}
+	tk.Seq = last + 1
+	want := *tk
+	if err := seal(tk); err != nil {
+		return fmt.Errorf("%s %q: seal: %w", op, tk.ID, err)
+	}
+	if tk.ID != want.ID || tk.AgentID != want.AgentID || tk.IncidentID != want.IncidentID || tk.Seq != want.Seq {
+		return fmt.Errorf("%s %q: seal changed the task's id, agent, incident or seq", op, want.ID)
+	}
+	if err := validTask(*tk); err != nil {
+		return fmt.Errorf("%s: after seal: %w", op, err)
+	}
+	if tk.State == store.TaskAwaitingApproval || len(tk.Envelope) == 0 {
+		return fmt.Errorf("%s %q: seal left the task unsigned or awaiting approval", op, tk.ID)
+	}
+	if err := t.putTaskSeq(tk.AgentID, tk.Seq); err != nil {
+		return err
+	}
+	return t.putTask(old, *tk)
+}
+
+// SealTask implements store.RemediationStore.
+func (s *Store) SealTask(id string, seal func(*store.Task) error) (store.Task, error) {
+	if seal == nil {
+		return store.Task{}, fmt.Errorf("seal task %q: no seal function", id)
+	}
+	var tk store.Task
+	err := s.update(func(t txn) error {
+		old, ok, err := t.task(id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("seal task %q: %w", id, store.ErrNotFound)
+		}
+		if old.State != store.TaskAwaitingApproval {
+			return fmt.Errorf("seal task %q: it is %s, not %s: %w", id, old.State, store.TaskAwaitingApproval, store.ErrState)
+		}
+		inc, ok, err := t.incident(old.IncidentID)
+		if err != nil {
+			return err
+		}
+		if !ok || store.IncidentTerminal(inc.State) {
+			return fmt.Errorf("seal task %q: its incident %s is closed: %w", id, old.IncidentID, store.ErrTerminal)
+		}
+		tk = old
+		return t.sealTask(&old, &tk, seal, "seal task")
+	})
+	if err != nil {
+		return store.Task{}, err
+	}
+	return tk, nil
+}
+
+// GetPolicyState implements store.RemediationStore.
+func (s *Store) GetPolicyState(policy string) (store.PolicyState, error) {
+	var ps store.PolicyState
+	err := s.view(func(t txn) error {
+		var ok bool
+		var err error
+		ps, ok, err = getJSON[store.PolicyState](t.bucket(bucketPolicyState), policy)
+		if err == nil && !ok {
+			err = fmt.Errorf("policy state %q: %w", policy, store.ErrNotFound)
+		}
+		return err
+	})
+	return ps, err
+}
+
+// PutPolicyState implements store.RemediationStore.
+func (s *Store) PutPolicyState(ps store.PolicyState) error {
+	if err := validKeyPart("policy", ps.Policy); err != nil {
+		return fmt.Errorf("put policy state: %w", err)
+	}
+	b, err := json.Marshal(ps)
+	if err != nil {
+		return err
+	}
+	return s.update(func(t txn) error {
+		return t.bucket(bucketPolicyState).Put([]byte(ps.Policy), b)
+	})
+}
+
+// ListPolicyStates implements store.RemediationStore, by policy name.
+func (s *Store) ListPolicyStates() ([]store.PolicyState, error) {
+	var out []store.PolicyState
+	err := s.view(func(t txn) error {
+		return t.bucket(bucketPolicyState).ForEach(func(k, v []byte) error {
+			var ps store.PolicyState
+			if err := json.Unmarshal(v, &ps); err != nil {
+				return fmt.Errorf("policy state %q: %w", k, err)
+			}
+			out = append(out, ps)
+			return nil
+		})
+	})
+	return out, err
 }
 
 // GetTask implements store.RemediationStore.
@@ -485,8 +577,11 @@ func (t txn) verifyRemediation() []error {
 		if err := validTask(tk); err != nil {
 			errs = append(errs, err)
 		}
-		if tk.Seq == 0 {
+		switch {
+		case tk.Seq == 0 && tk.State != store.TaskAwaitingApproval:
 			errs = append(errs, fmt.Errorf("task %q has no seq", tk.ID))
+		case tk.Seq != 0 && tk.State == store.TaskAwaitingApproval:
+			errs = append(errs, fmt.Errorf("task %q awaits approval but has seq %d", tk.ID, tk.Seq))
 		}
 		switch agent, ok := agentOf[tk.IncidentID]; {
 		case !ok:

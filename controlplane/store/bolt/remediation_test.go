@@ -804,3 +804,89 @@ func TestVerifyCatchesBrokenRemediationIndexes(t *testing.T) {
 		})
 	}
 }
+
+func TestAwaitingApprovalThenSealTask(t *testing.T) {
+	s := testStore(t, Options{NoSync: true})
+	require.NoError(t, s.CreateIncident(incident("i1", "a1", "web", t0)))
+	require.NoError(t, s.CreateIncident(incident("i2", "a1", "disk", t0)))
+
+	// Two tasks of one agent await approval at once: no seq, no envelope,
+	// and their index keys do not collide.
+	for i, id := range []string{"t1", "t2"} {
+		in := task(id, []string{"i1", "i2"}[i], "a1", t0.Add(time.Duration(i)*time.Second))
+		in.State = store.TaskAwaitingApproval
+		got, err := s.CreateTask(in, nil)
+		require.NoError(t, err)
+		require.Zero(t, got.Seq)
+		require.Empty(t, got.Envelope)
+	}
+	got := createTask(t, s, task("t3", "i1", "a1", t0.Add(2*time.Second)))
+	require.Equal(t, uint64(1), got.Seq, "a task that needs no approval takes the next seq meanwhile")
+	list, err := s.ListTasks(store.TaskFilter{AgentID: "a1"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"t3", "t2", "t1"}, taskIDs(list))
+	require.NoError(t, s.Verify())
+
+	// Approval seals it with the next seq, in one transaction.
+	sealed, err := s.SealTask("t2", func(tk *store.Task) error {
+		tk.State = store.TaskPending
+		tk.ApprovedBy = "alice"
+		return seal(tk)
+	})
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), sealed.Seq)
+	require.Equal(t, "signed t2 seq 2", string(sealed.Envelope))
+	stored, err := s.GetTask("t2")
+	require.NoError(t, err)
+	require.Equal(t, "alice", stored.ApprovedBy)
+	require.Equal(t, uint64(2), stored.Seq)
+
+	// Sealing twice, or a task that never awaited approval: ErrState.
+	_, err = s.SealTask("t2", seal)
+	require.ErrorIs(t, err, store.ErrState)
+	_, err = s.SealTask("t3", seal)
+	require.ErrorIs(t, err, store.ErrState)
+	_, err = s.SealTask("nope", seal)
+	require.ErrorIs(t, err, store.ErrNotFound)
+
+	// A seal that fails, or leaves the task unsigned, writes nothing and
+	// consumes no seq.
+	_, err = s.SealTask("t1", func(*store.Task) error { return errors.New("no key") })
+	require.ErrorContains(t, err, "no key")
+	_, err = s.SealTask("t1", func(tk *store.Task) error { tk.State = store.TaskPending; return nil })
+	require.ErrorContains(t, err, "unsigned")
+	seq, err := s.TaskSeq("a1")
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), seq)
+
+	// A closed incident's task cannot be sealed.
+	require.NoError(t, s.UpdateIncident("i1", setIncidentState(store.IncidentEscalated)))
+	_, err = s.SealTask("t1", seal)
+	require.ErrorIs(t, err, store.ErrTerminal)
+	require.NoError(t, s.Verify())
+}
+
+func TestPolicyState(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(filepath.Join(dir, "cp.db"), Options{NoSync: true})
+	require.NoError(t, err)
+	_, err = s.GetPolicyState("web")
+	require.ErrorIs(t, err, store.ErrNotFound)
+	ps := store.PolicyState{Policy: "web", Failures: []time.Time{t0}, BreakerOpen: true, BreakerOpenedAt: t0, BreakerReason: "5 failed attempts in 1h"}
+	require.NoError(t, s.PutPolicyState(ps))
+	require.NoError(t, s.PutPolicyState(store.PolicyState{Policy: "disk", Correlated: true}))
+	require.Error(t, s.PutPolicyState(store.PolicyState{}), "a policy name is required")
+	require.NoError(t, s.Close())
+
+	s, err = Open(filepath.Join(dir, "cp.db"), Options{NoSync: true})
+	require.NoError(t, err)
+	defer s.Close()
+	got, err := s.GetPolicyState("web")
+	require.NoError(t, err)
+	require.True(t, got.BreakerOpen)
+	require.True(t, got.BreakerOpenedAt.Equal(t0))
+	all, err := s.ListPolicyStates()
+	require.NoError(t, err)
+	require.Len(t, all, 2)
+	require.Equal(t, "disk", all[0].Policy)
+}

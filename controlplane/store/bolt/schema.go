@@ -84,6 +84,11 @@ var (
 	// active_tasks: timeKey(createdAt) id → agent id, for tasks not in a
 	// terminal state (what a restart resends or expires).
 	bucketActiveTasks = bucket{[]byte("active_tasks")}
+	// Policy safety-rail state (breaker, correlated hold): policy name →
+	// store.PolicyState as JSON.
+	bucketPolicyState = bucket{[]byte("policy_state")}
+	// Admin API credentials: certificate serial (hex) → store.Credential.
+	bucketCredentials = bucket{[]byte("credentials")}
 )
 
 var allBuckets = []bucket{
@@ -91,7 +96,8 @@ var allBuckets = []bucket{
 	bucketPolicyVersions, bucketCheckState, bucketHistory, bucketAgentCounters,
 	bucketIncidents, bucketOpenIncidents, bucketIncidentsByTime, bucketIncidentsByAgent,
 	bucketTasks, bucketTaskSeq, bucketTasksByTime, bucketTasksByAgent,
-	bucketTasksByIncident, bucketActiveTasks,
+	bucketTasksByIncident, bucketActiveTasks, bucketPolicyState,
+	bucketCredentials,
 }
 
 // incidentIndexBuckets and taskIndexBuckets are every bucket incidentIndex
@@ -534,10 +540,16 @@ func incidentIndex(inc store.Incident) []indexEntry {
 
 // taskIndex is every index entry of a task.
 func taskIndex(tk store.Task) []indexEntry {
+	byAgent, byIncident := seqKey(tk.AgentID, tk.Seq), seqKey(tk.IncidentID, tk.Seq)
+	if tk.Seq == 0 {
+		// A task awaiting approval has no seq yet: seq 0 then its id keeps
+		// the keys unique (and sorted before every sealed task).
+		byAgent, byIncident = append(byAgent, tk.ID...), append(byIncident, tk.ID...)
+	}
 	es := []indexEntry{
 		{bucketTasksByTime, timeIDKey(tk.CreatedAt, tk.ID), []byte(tk.AgentID)},
-		{bucketTasksByAgent, seqKey(tk.AgentID, tk.Seq), []byte(tk.ID)},
-		{bucketTasksByIncident, seqKey(tk.IncidentID, tk.Seq), []byte(tk.ID)},
+		{bucketTasksByAgent, byAgent, []byte(tk.ID)},
+		{bucketTasksByIncident, byIncident, []byte(tk.ID)},
 	}
 	if !store.TaskTerminal(tk.State) {
 		es = append(es, indexEntry{bucketActiveTasks, timeIDKey(tk.CreatedAt, tk.ID), []byte(tk.AgentID)})

@@ -744,7 +744,8 @@ type GetPolicyResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Policy *Policy                `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
 	// Agents the selector matches now.
-	MatchedAgents []string `protobuf:"bytes,2,rep,name=matched_agents,json=matchedAgents,proto3" json:"matched_agents,omitempty"`
+	MatchedAgents []string      `protobuf:"bytes,2,rep,name=matched_agents,json=matchedAgents,proto3" json:"matched_agents,omitempty"`
+	Status        *PolicyStatus `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -793,6 +794,222 @@ func (x *GetPolicyResponse) GetMatchedAgents() []string {
 	return nil
 }
 
+func (x *GetPolicyResponse) GetStatus() *PolicyStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// PolicyStatus is the state of a policy's safety rails.
+type PolicyStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The circuit breaker: open after too many failed attempts in its window;
+	// it stays open until RearmPolicy.
+	BreakerOpen     bool                   `protobuf:"varint,1,opt,name=breaker_open,json=breakerOpen,proto3" json:"breaker_open,omitempty"`
+	BreakerReason   string                 `protobuf:"bytes,2,opt,name=breaker_reason,json=breakerReason,proto3" json:"breaker_reason,omitempty"`
+	BreakerOpenedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=breaker_opened_at,json=breakerOpenedAt,proto3" json:"breaker_opened_at,omitempty"`
+	// Failed attempts counted in the breaker's window now.
+	BreakerFailures uint32 `protobuf:"varint,4,opt,name=breaker_failures,json=breakerFailures,proto3" json:"breaker_failures,omitempty"`
+	// A correlated-failure hold: too many of the policy's agents fail at
+	// once; no host-by-host remediation while it lasts.
+	Correlated       bool   `protobuf:"varint,5,opt,name=correlated,proto3" json:"correlated,omitempty"`
+	CorrelatedReason string `protobuf:"bytes,6,opt,name=correlated_reason,json=correlatedReason,proto3" json:"correlated_reason,omitempty"`
+	FleetIncident    string `protobuf:"bytes,7,opt,name=fleet_incident,json=fleetIncident,proto3" json:"fleet_incident,omitempty"`
+	// Tasks of the policy in flight and started in the last hour.
+	Running         uint32 `protobuf:"varint,8,opt,name=running,proto3" json:"running,omitempty"`
+	StartedLastHour uint32 `protobuf:"varint,9,opt,name=started_last_hour,json=startedLastHour,proto3" json:"started_last_hour,omitempty"`
+	// What the policy would have done (shadow mode), newest first.
+	WouldHaveActed []*ShadowDecision `protobuf:"bytes,10,rep,name=would_have_acted,json=wouldHaveActed,proto3" json:"would_have_acted,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PolicyStatus) Reset() {
+	*x = PolicyStatus{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyStatus) ProtoMessage() {}
+
+func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
+func (*PolicyStatus) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PolicyStatus) GetBreakerOpen() bool {
+	if x != nil {
+		return x.BreakerOpen
+	}
+	return false
+}
+
+func (x *PolicyStatus) GetBreakerReason() string {
+	if x != nil {
+		return x.BreakerReason
+	}
+	return ""
+}
+
+func (x *PolicyStatus) GetBreakerOpenedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BreakerOpenedAt
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetBreakerFailures() uint32 {
+	if x != nil {
+		return x.BreakerFailures
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetCorrelated() bool {
+	if x != nil {
+		return x.Correlated
+	}
+	return false
+}
+
+func (x *PolicyStatus) GetCorrelatedReason() string {
+	if x != nil {
+		return x.CorrelatedReason
+	}
+	return ""
+}
+
+func (x *PolicyStatus) GetFleetIncident() string {
+	if x != nil {
+		return x.FleetIncident
+	}
+	return ""
+}
+
+func (x *PolicyStatus) GetRunning() uint32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetStartedLastHour() uint32 {
+	if x != nil {
+		return x.StartedLastHour
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetWouldHaveActed() []*ShadowDecision {
+	if x != nil {
+		return x.WouldHaveActed
+	}
+	return nil
+}
+
+// ShadowDecision is one "would have acted" of a policy in shadow mode.
+type ShadowDecision struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	Incident      string                 `protobuf:"bytes,2,opt,name=incident,proto3" json:"incident,omitempty"`
+	Agent         string                 `protobuf:"bytes,3,opt,name=agent,proto3" json:"agent,omitempty"`
+	Action        string                 `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	ParamsJson    []byte                 `protobuf:"bytes,5,opt,name=params_json,json=paramsJson,proto3" json:"params_json,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShadowDecision) Reset() {
+	*x = ShadowDecision{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShadowDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShadowDecision) ProtoMessage() {}
+
+func (x *ShadowDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShadowDecision.ProtoReflect.Descriptor instead.
+func (*ShadowDecision) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ShadowDecision) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *ShadowDecision) GetIncident() string {
+	if x != nil {
+		return x.Incident
+	}
+	return ""
+}
+
+func (x *ShadowDecision) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *ShadowDecision) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ShadowDecision) GetParamsJson() []byte {
+	if x != nil {
+		return x.ParamsJson
+	}
+	return nil
+}
+
+func (x *ShadowDecision) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type DeletePolicyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -802,7 +1019,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +1031,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +1044,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -845,7 +1062,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1074,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1087,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 // CheckState is the latest known result of one check on one agent.
@@ -892,7 +1109,7 @@ type CheckState struct {
 
 func (x *CheckState) Reset() {
 	*x = CheckState{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1121,7 @@ func (x *CheckState) String() string {
 func (*CheckState) ProtoMessage() {}
 
 func (x *CheckState) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1134,7 @@ func (x *CheckState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckState.ProtoReflect.Descriptor instead.
 func (*CheckState) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CheckState) GetAgentId() string {
@@ -979,7 +1196,7 @@ type ListChecksRequest struct {
 
 func (x *ListChecksRequest) Reset() {
 	*x = ListChecksRequest{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1208,7 @@ func (x *ListChecksRequest) String() string {
 func (*ListChecksRequest) ProtoMessage() {}
 
 func (x *ListChecksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1221,7 @@ func (x *ListChecksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChecksRequest.ProtoReflect.Descriptor instead.
 func (*ListChecksRequest) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListChecksRequest) GetAgent() string {
@@ -1023,7 +1240,7 @@ type ListChecksResponse struct {
 
 func (x *ListChecksResponse) Reset() {
 	*x = ListChecksResponse{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1252,7 @@ func (x *ListChecksResponse) String() string {
 func (*ListChecksResponse) ProtoMessage() {}
 
 func (x *ListChecksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1265,7 @@ func (x *ListChecksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChecksResponse.ProtoReflect.Descriptor instead.
 func (*ListChecksResponse) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListChecksResponse) GetChecks() []*CheckState {
@@ -1070,7 +1287,7 @@ type ListResultsRequest struct {
 
 func (x *ListResultsRequest) Reset() {
 	*x = ListResultsRequest{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1299,7 @@ func (x *ListResultsRequest) String() string {
 func (*ListResultsRequest) ProtoMessage() {}
 
 func (x *ListResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1312,7 @@ func (x *ListResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResultsRequest.ProtoReflect.Descriptor instead.
 func (*ListResultsRequest) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListResultsRequest) GetAgent() string {
@@ -1128,7 +1345,7 @@ type ListResultsResponse struct {
 
 func (x *ListResultsResponse) Reset() {
 	*x = ListResultsResponse{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1357,7 @@ func (x *ListResultsResponse) String() string {
 func (*ListResultsResponse) ProtoMessage() {}
 
 func (x *ListResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1370,7 @@ func (x *ListResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResultsResponse.ProtoReflect.Descriptor instead.
 func (*ListResultsResponse) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListResultsResponse) GetResults() []*v1.CheckResult {
@@ -1176,7 +1393,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1405,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1418,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateTokenRequest) GetTtl() *durationpb.Duration {
@@ -1240,7 +1457,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1469,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1482,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -1320,7 +1537,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1549,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1562,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -1404,7 +1621,7 @@ type Incident struct {
 
 func (x *Incident) Reset() {
 	*x = Incident{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1416,7 +1633,7 @@ func (x *Incident) String() string {
 func (*Incident) ProtoMessage() {}
 
 func (x *Incident) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1429,7 +1646,7 @@ func (x *Incident) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Incident.ProtoReflect.Descriptor instead.
 func (*Incident) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Incident) GetId() string {
@@ -1519,23 +1736,29 @@ type Task struct {
 	Action  string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
 	// Parameters as JSON.
 	ParamsJson []byte `protobuf:"bytes,6,opt,name=params_json,json=paramsJson,proto3" json:"params_json,omitempty"`
-	// pending, sent, running, succeeded, failed, expired, rejected
-	State         string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
-	Seq           uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
-	Output        string                 `protobuf:"bytes,11,opt,name=output,proto3" json:"output,omitempty"`
-	Reason        string                 `protobuf:"bytes,12,opt,name=reason,proto3" json:"reason,omitempty"`
-	Attempt       uint32                 `protobuf:"varint,13,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	Policy        string                 `protobuf:"bytes,15,opt,name=policy,proto3" json:"policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// awaiting_approval, pending, sent, running, succeeded, failed, expired,
+	// rejected
+	State      string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	Seq        uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
+	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	Output     string                 `protobuf:"bytes,11,opt,name=output,proto3" json:"output,omitempty"`
+	Reason     string                 `protobuf:"bytes,12,opt,name=reason,proto3" json:"reason,omitempty"`
+	Attempt    uint32                 `protobuf:"varint,13,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	ExpiresAt  *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Policy     string                 `protobuf:"bytes,15,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Who approved it, for a policy with requireApproval.
+	ApprovedBy string                 `protobuf:"bytes,16,opt,name=approved_by,json=approvedBy,proto3" json:"approved_by,omitempty"`
+	ApprovedAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=approved_at,json=approvedAt,proto3" json:"approved_at,omitempty"`
+	// Until when an approval is accepted (awaiting_approval only).
+	ApprovalDeadline *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=approval_deadline,json=approvalDeadline,proto3" json:"approval_deadline,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1770,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1783,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Task) GetId() string {
@@ -1668,6 +1891,27 @@ func (x *Task) GetPolicy() string {
 	return ""
 }
 
+func (x *Task) GetApprovedBy() string {
+	if x != nil {
+		return x.ApprovedBy
+	}
+	return ""
+}
+
+func (x *Task) GetApprovedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ApprovedAt
+	}
+	return nil
+}
+
+func (x *Task) GetApprovalDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ApprovalDeadline
+	}
+	return nil
+}
+
 type ListIncidentsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only incidents that are not resolved or escalated.
@@ -1681,7 +1925,7 @@ type ListIncidentsRequest struct {
 
 func (x *ListIncidentsRequest) Reset() {
 	*x = ListIncidentsRequest{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1937,7 @@ func (x *ListIncidentsRequest) String() string {
 func (*ListIncidentsRequest) ProtoMessage() {}
 
 func (x *ListIncidentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1950,7 @@ func (x *ListIncidentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIncidentsRequest.ProtoReflect.Descriptor instead.
 func (*ListIncidentsRequest) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListIncidentsRequest) GetOpenOnly() bool {
@@ -1739,7 +1983,7 @@ type ListIncidentsResponse struct {
 
 func (x *ListIncidentsResponse) Reset() {
 	*x = ListIncidentsResponse{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1995,7 @@ func (x *ListIncidentsResponse) String() string {
 func (*ListIncidentsResponse) ProtoMessage() {}
 
 func (x *ListIncidentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +2008,7 @@ func (x *ListIncidentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIncidentsResponse.ProtoReflect.Descriptor instead.
 func (*ListIncidentsResponse) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListIncidentsResponse) GetIncidents() []*Incident {
@@ -1783,7 +2027,7 @@ type GetIncidentRequest struct {
 
 func (x *GetIncidentRequest) Reset() {
 	*x = GetIncidentRequest{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +2039,7 @@ func (x *GetIncidentRequest) String() string {
 func (*GetIncidentRequest) ProtoMessage() {}
 
 func (x *GetIncidentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +2052,7 @@ func (x *GetIncidentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIncidentRequest.ProtoReflect.Descriptor instead.
 func (*GetIncidentRequest) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetIncidentRequest) GetId() string {
@@ -1828,7 +2072,7 @@ type GetIncidentResponse struct {
 
 func (x *GetIncidentResponse) Reset() {
 	*x = GetIncidentResponse{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +2084,7 @@ func (x *GetIncidentResponse) String() string {
 func (*GetIncidentResponse) ProtoMessage() {}
 
 func (x *GetIncidentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +2097,7 @@ func (x *GetIncidentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIncidentResponse.ProtoReflect.Descriptor instead.
 func (*GetIncidentResponse) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetIncidentResponse) GetIncident() *Incident {
@@ -1880,7 +2124,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2136,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2149,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListTasksRequest) GetAgent() string {
@@ -1931,7 +2175,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1943,7 +2187,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1956,12 +2200,1033 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
 	if x != nil {
 		return x.Tasks
+	}
+	return nil
+}
+
+type ApproveTaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Why, for the incident's timeline.
+	Comment       string `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveTaskRequest) Reset() {
+	*x = ApproveTaskRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveTaskRequest) ProtoMessage() {}
+
+func (x *ApproveTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveTaskRequest.ProtoReflect.Descriptor instead.
+func (*ApproveTaskRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ApproveTaskRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ApproveTaskRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type ApproveTaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveTaskResponse) Reset() {
+	*x = ApproveTaskResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveTaskResponse) ProtoMessage() {}
+
+func (x *ApproveTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveTaskResponse.ProtoReflect.Descriptor instead.
+func (*ApproveTaskResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ApproveTaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type RearmPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Comment       string                 `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RearmPolicyRequest) Reset() {
+	*x = RearmPolicyRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RearmPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RearmPolicyRequest) ProtoMessage() {}
+
+func (x *RearmPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RearmPolicyRequest.ProtoReflect.Descriptor instead.
+func (*RearmPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RearmPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RearmPolicyRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type RearmPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        *PolicyStatus          `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RearmPolicyResponse) Reset() {
+	*x = RearmPolicyResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RearmPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RearmPolicyResponse) ProtoMessage() {}
+
+func (x *RearmPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RearmPolicyResponse.ProtoReflect.Descriptor instead.
+func (*RearmPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RearmPolicyResponse) GetStatus() *PolicyStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type Credential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// viewer, operator or admin
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// Certificate serial number (hex).
+	Serial        string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	IssuedAt      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	IssuedBy      string                 `protobuf:"bytes,6,opt,name=issued_by,json=issuedBy,proto3" json:"issued_by,omitempty"`
+	Revoked       bool                   `protobuf:"varint,7,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Credential) Reset() {
+	*x = Credential{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Credential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Credential) ProtoMessage() {}
+
+func (x *Credential) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Credential.ProtoReflect.Descriptor instead.
+func (*Credential) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Credential) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Credential) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Credential) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Credential) GetIssuedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return nil
+}
+
+func (x *Credential) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Credential) GetIssuedBy() string {
+	if x != nil {
+		return x.IssuedBy
+	}
+	return ""
+}
+
+func (x *Credential) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+type IssueCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Role  string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// DER-encoded PKCS#10 request for the caller's key (ECDSA P-256 or
+	// Ed25519); its subject is ignored.
+	CsrDer []byte `protobuf:"bytes,3,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
+	// Lifetime (default 30 days, at most one year).
+	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueCredentialRequest) Reset() {
+	*x = IssueCredentialRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueCredentialRequest) ProtoMessage() {}
+
+func (x *IssueCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueCredentialRequest.ProtoReflect.Descriptor instead.
+func (*IssueCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *IssueCredentialRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *IssueCredentialRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *IssueCredentialRequest) GetCsrDer() []byte {
+	if x != nil {
+		return x.CsrDer
+	}
+	return nil
+}
+
+func (x *IssueCredentialRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+type IssueCredentialResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Credential     *Credential            `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	CertificatePem []byte                 `protobuf:"bytes,2,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	CaPem          []byte                 `protobuf:"bytes,3,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *IssueCredentialResponse) Reset() {
+	*x = IssueCredentialResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueCredentialResponse) ProtoMessage() {}
+
+func (x *IssueCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueCredentialResponse.ProtoReflect.Descriptor instead.
+func (*IssueCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *IssueCredentialResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *IssueCredentialResponse) GetCertificatePem() []byte {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return nil
+}
+
+func (x *IssueCredentialResponse) GetCaPem() []byte {
+	if x != nil {
+		return x.CaPem
+	}
+	return nil
+}
+
+type ListCredentialsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCredentialsRequest) Reset() {
+	*x = ListCredentialsRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCredentialsRequest) ProtoMessage() {}
+
+func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+type ListCredentialsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credentials   []*Credential          `protobuf:"bytes,1,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCredentialsResponse) Reset() {
+	*x = ListCredentialsResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCredentialsResponse) ProtoMessage() {}
+
+func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListCredentialsResponse) GetCredentials() []*Credential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+type RevokeCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name or serial.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCredentialRequest) Reset() {
+	*x = RevokeCredentialRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCredentialRequest) ProtoMessage() {}
+
+func (x *RevokeCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCredentialRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RevokeCredentialRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevokeCredentialResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revoked       []*Credential          `protobuf:"bytes,1,rep,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCredentialResponse) Reset() {
+	*x = RevokeCredentialResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCredentialResponse) ProtoMessage() {}
+
+func (x *RevokeCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCredentialResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RevokeCredentialResponse) GetRevoked() []*Credential {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
+type SigningKeyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// active (signs tasks), published (agents accept it), retired
+	State     string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Enrolled agents (not revoked) that reported holding this key, of all.
+	AgentsHolding uint32 `protobuf:"varint,4,opt,name=agents_holding,json=agentsHolding,proto3" json:"agents_holding,omitempty"`
+	AgentsTotal   uint32 `protobuf:"varint,5,opt,name=agents_total,json=agentsTotal,proto3" json:"agents_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SigningKeyInfo) Reset() {
+	*x = SigningKeyInfo{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SigningKeyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SigningKeyInfo) ProtoMessage() {}
+
+func (x *SigningKeyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SigningKeyInfo.ProtoReflect.Descriptor instead.
+func (*SigningKeyInfo) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *SigningKeyInfo) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *SigningKeyInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *SigningKeyInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *SigningKeyInfo) GetAgentsHolding() uint32 {
+	if x != nil {
+		return x.AgentsHolding
+	}
+	return 0
+}
+
+func (x *SigningKeyInfo) GetAgentsTotal() uint32 {
+	if x != nil {
+		return x.AgentsTotal
+	}
+	return 0
+}
+
+type ListSigningKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSigningKeysRequest) Reset() {
+	*x = ListSigningKeysRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSigningKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSigningKeysRequest) ProtoMessage() {}
+
+func (x *ListSigningKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSigningKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListSigningKeysRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+type ListSigningKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*SigningKeyInfo      `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSigningKeysResponse) Reset() {
+	*x = ListSigningKeysResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSigningKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSigningKeysResponse) ProtoMessage() {}
+
+func (x *ListSigningKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSigningKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListSigningKeysResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListSigningKeysResponse) GetKeys() []*SigningKeyInfo {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type RotateSigningKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateSigningKeyRequest) Reset() {
+	*x = RotateSigningKeyRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateSigningKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateSigningKeyRequest) ProtoMessage() {}
+
+func (x *RotateSigningKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateSigningKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateSigningKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+type RotateSigningKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *SigningKeyInfo        `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateSigningKeyResponse) Reset() {
+	*x = RotateSigningKeyResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateSigningKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateSigningKeyResponse) ProtoMessage() {}
+
+func (x *RotateSigningKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateSigningKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateSigningKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *RotateSigningKeyResponse) GetKey() *SigningKeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type ActivateSigningKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Activate even if some agents have not reported holding the key (their
+	// tasks would be rejected until they do).
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateSigningKeyRequest) Reset() {
+	*x = ActivateSigningKeyRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateSigningKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateSigningKeyRequest) ProtoMessage() {}
+
+func (x *ActivateSigningKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateSigningKeyRequest.ProtoReflect.Descriptor instead.
+func (*ActivateSigningKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ActivateSigningKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ActivateSigningKeyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type ActivateSigningKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *SigningKeyInfo        `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateSigningKeyResponse) Reset() {
+	*x = ActivateSigningKeyResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateSigningKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateSigningKeyResponse) ProtoMessage() {}
+
+func (x *ActivateSigningKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateSigningKeyResponse.ProtoReflect.Descriptor instead.
+func (*ActivateSigningKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ActivateSigningKeyResponse) GetKey() *SigningKeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type RetireSigningKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Retire even if the key stopped signing less than the task lifetime
+	// ago (tasks it signed that are still in flight would be rejected).
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireSigningKeyRequest) Reset() {
+	*x = RetireSigningKeyRequest{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireSigningKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireSigningKeyRequest) ProtoMessage() {}
+
+func (x *RetireSigningKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireSigningKeyRequest.ProtoReflect.Descriptor instead.
+func (*RetireSigningKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *RetireSigningKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *RetireSigningKeyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RetireSigningKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *SigningKeyInfo        `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireSigningKeyResponse) Reset() {
+	*x = RetireSigningKeyResponse{}
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireSigningKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireSigningKeyResponse) ProtoMessage() {}
+
+func (x *RetireSigningKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_admin_v1_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireSigningKeyResponse.ProtoReflect.Descriptor instead.
+func (*RetireSigningKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tend_admin_v1_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *RetireSigningKeyResponse) GetKey() *SigningKeyInfo {
+	if x != nil {
+		return x.Key
 	}
 	return nil
 }
@@ -2020,10 +3285,33 @@ const file_tend_admin_v1_admin_proto_rawDesc = "" +
 	"\x14ListPoliciesResponse\x121\n" +
 	"\bpolicies\x18\x01 \x03(\v2\x15.tend.admin.v1.PolicyR\bpolicies\"&\n" +
 	"\x10GetPolicyRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"i\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x9e\x01\n" +
 	"\x11GetPolicyResponse\x12-\n" +
 	"\x06policy\x18\x01 \x01(\v2\x15.tend.admin.v1.PolicyR\x06policy\x12%\n" +
-	"\x0ematched_agents\x18\x02 \x03(\tR\rmatchedAgents\")\n" +
+	"\x0ematched_agents\x18\x02 \x03(\tR\rmatchedAgents\x123\n" +
+	"\x06status\x18\x03 \x01(\v2\x1b.tend.admin.v1.PolicyStatusR\x06status\"\xce\x03\n" +
+	"\fPolicyStatus\x12!\n" +
+	"\fbreaker_open\x18\x01 \x01(\bR\vbreakerOpen\x12%\n" +
+	"\x0ebreaker_reason\x18\x02 \x01(\tR\rbreakerReason\x12F\n" +
+	"\x11breaker_opened_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0fbreakerOpenedAt\x12)\n" +
+	"\x10breaker_failures\x18\x04 \x01(\rR\x0fbreakerFailures\x12\x1e\n" +
+	"\n" +
+	"correlated\x18\x05 \x01(\bR\n" +
+	"correlated\x12+\n" +
+	"\x11correlated_reason\x18\x06 \x01(\tR\x10correlatedReason\x12%\n" +
+	"\x0efleet_incident\x18\a \x01(\tR\rfleetIncident\x12\x18\n" +
+	"\arunning\x18\b \x01(\rR\arunning\x12*\n" +
+	"\x11started_last_hour\x18\t \x01(\rR\x0fstartedLastHour\x12G\n" +
+	"\x10would_have_acted\x18\n" +
+	" \x03(\v2\x1d.tend.admin.v1.ShadowDecisionR\x0ewouldHaveActed\"\xbf\x01\n" +
+	"\x0eShadowDecision\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1a\n" +
+	"\bincident\x18\x02 \x01(\tR\bincident\x12\x14\n" +
+	"\x05agent\x18\x03 \x01(\tR\x05agent\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x1f\n" +
+	"\vparams_json\x18\x05 \x01(\fR\n" +
+	"paramsJson\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\")\n" +
 	"\x13DeletePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
 	"\x14DeletePolicyResponse\"\xfc\x01\n" +
@@ -2078,7 +3366,7 @@ const file_tend_admin_v1_admin_proto_rawDesc = "" +
 	"\battempts\x18\t \x01(\rR\battempts\x12\x16\n" +
 	"\x06reason\x18\n" +
 	" \x01(\tR\x06reason\x120\n" +
-	"\btimeline\x18\v \x03(\v2\x14.tend.admin.v1.EventR\btimeline\"\xd9\x03\n" +
+	"\btimeline\x18\v \x03(\v2\x14.tend.admin.v1.EventR\btimeline\"\x80\x05\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bincident\x18\x02 \x01(\tR\bincident\x12\x14\n" +
@@ -2099,7 +3387,12 @@ const file_tend_admin_v1_admin_proto_rawDesc = "" +
 	"\aattempt\x18\r \x01(\rR\aattempt\x129\n" +
 	"\n" +
 	"expires_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x16\n" +
-	"\x06policy\x18\x0f \x01(\tR\x06policy\"a\n" +
+	"\x06policy\x18\x0f \x01(\tR\x06policy\x12\x1f\n" +
+	"\vapproved_by\x18\x10 \x01(\tR\n" +
+	"approvedBy\x12;\n" +
+	"\vapproved_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"approvedAt\x12G\n" +
+	"\x11approval_deadline\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\x10approvalDeadline\"a\n" +
 	"\x14ListIncidentsRequest\x12\x1b\n" +
 	"\topen_only\x18\x01 \x01(\bR\bopenOnly\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x16\n" +
@@ -2115,12 +3408,73 @@ const file_tend_admin_v1_admin_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x1a\n" +
 	"\bincident\x18\x02 \x01(\tR\bincident\">\n" +
 	"\x11ListTasksResponse\x12)\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x13.tend.admin.v1.TaskR\x05tasks*}\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x13.tend.admin.v1.TaskR\x05tasks\">\n" +
+	"\x12ApproveTaskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\">\n" +
+	"\x13ApproveTaskResponse\x12'\n" +
+	"\x04task\x18\x01 \x01(\v2\x13.tend.admin.v1.TaskR\x04task\"B\n" +
+	"\x12RearmPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\"J\n" +
+	"\x13RearmPolicyResponse\x123\n" +
+	"\x06status\x18\x01 \x01(\v2\x1b.tend.admin.v1.PolicyStatusR\x06status\"\xf7\x01\n" +
+	"\n" +
+	"Credential\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x127\n" +
+	"\tissued_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1b\n" +
+	"\tissued_by\x18\x06 \x01(\tR\bissuedBy\x12\x18\n" +
+	"\arevoked\x18\a \x01(\bR\arevoked\"\x86\x01\n" +
+	"\x16IssueCredentialRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
+	"\acsr_der\x18\x03 \x01(\fR\x06csrDer\x12+\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x94\x01\n" +
+	"\x17IssueCredentialResponse\x129\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x19.tend.admin.v1.CredentialR\n" +
+	"credential\x12'\n" +
+	"\x0fcertificate_pem\x18\x02 \x01(\fR\x0ecertificatePem\x12\x15\n" +
+	"\x06ca_pem\x18\x03 \x01(\fR\x05caPem\"\x18\n" +
+	"\x16ListCredentialsRequest\"V\n" +
+	"\x17ListCredentialsResponse\x12;\n" +
+	"\vcredentials\x18\x01 \x03(\v2\x19.tend.admin.v1.CredentialR\vcredentials\"-\n" +
+	"\x17RevokeCredentialRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"O\n" +
+	"\x18RevokeCredentialResponse\x123\n" +
+	"\arevoked\x18\x01 \x03(\v2\x19.tend.admin.v1.CredentialR\arevoked\"\xc2\x01\n" +
+	"\x0eSigningKeyInfo\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12%\n" +
+	"\x0eagents_holding\x18\x04 \x01(\rR\ragentsHolding\x12!\n" +
+	"\fagents_total\x18\x05 \x01(\rR\vagentsTotal\"\x18\n" +
+	"\x16ListSigningKeysRequest\"L\n" +
+	"\x17ListSigningKeysResponse\x121\n" +
+	"\x04keys\x18\x01 \x03(\v2\x1d.tend.admin.v1.SigningKeyInfoR\x04keys\"\x19\n" +
+	"\x17RotateSigningKeyRequest\"K\n" +
+	"\x18RotateSigningKeyResponse\x12/\n" +
+	"\x03key\x18\x01 \x01(\v2\x1d.tend.admin.v1.SigningKeyInfoR\x03key\"H\n" +
+	"\x19ActivateSigningKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"M\n" +
+	"\x1aActivateSigningKeyResponse\x12/\n" +
+	"\x03key\x18\x01 \x01(\v2\x1d.tend.admin.v1.SigningKeyInfoR\x03key\"F\n" +
+	"\x17RetireSigningKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"K\n" +
+	"\x18RetireSigningKeyResponse\x12/\n" +
+	"\x03key\x18\x01 \x01(\v2\x1d.tend.admin.v1.SigningKeyInfoR\x03key*}\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16AGENT_STATUS_CONNECTED\x10\x01\x12\x1d\n" +
 	"\x19AGENT_STATUS_DISCONNECTED\x10\x02\x12\x15\n" +
-	"\x11AGENT_STATUS_DOWN\x10\x032\x96\b\n" +
+	"\x11AGENT_STATUS_DOWN\x10\x032\x82\x0f\n" +
 	"\fAdminService\x12Q\n" +
 	"\n" +
 	"ListAgents\x12 .tend.admin.v1.ListAgentsRequest\x1a!.tend.admin.v1.ListAgentsResponse\x12T\n" +
@@ -2135,7 +3489,16 @@ const file_tend_admin_v1_admin_proto_rawDesc = "" +
 	"\vCreateToken\x12!.tend.admin.v1.CreateTokenRequest\x1a\".tend.admin.v1.CreateTokenResponse\x12Z\n" +
 	"\rListIncidents\x12#.tend.admin.v1.ListIncidentsRequest\x1a$.tend.admin.v1.ListIncidentsResponse\x12T\n" +
 	"\vGetIncident\x12!.tend.admin.v1.GetIncidentRequest\x1a\".tend.admin.v1.GetIncidentResponse\x12N\n" +
-	"\tListTasks\x12\x1f.tend.admin.v1.ListTasksRequest\x1a .tend.admin.v1.ListTasksResponseB+Z)tend.dev/tend/proto/tend/admin/v1;adminv1b\x06proto3"
+	"\tListTasks\x12\x1f.tend.admin.v1.ListTasksRequest\x1a .tend.admin.v1.ListTasksResponse\x12T\n" +
+	"\vApproveTask\x12!.tend.admin.v1.ApproveTaskRequest\x1a\".tend.admin.v1.ApproveTaskResponse\x12T\n" +
+	"\vRearmPolicy\x12!.tend.admin.v1.RearmPolicyRequest\x1a\".tend.admin.v1.RearmPolicyResponse\x12`\n" +
+	"\x0fIssueCredential\x12%.tend.admin.v1.IssueCredentialRequest\x1a&.tend.admin.v1.IssueCredentialResponse\x12`\n" +
+	"\x0fListCredentials\x12%.tend.admin.v1.ListCredentialsRequest\x1a&.tend.admin.v1.ListCredentialsResponse\x12c\n" +
+	"\x10RevokeCredential\x12&.tend.admin.v1.RevokeCredentialRequest\x1a'.tend.admin.v1.RevokeCredentialResponse\x12`\n" +
+	"\x0fListSigningKeys\x12%.tend.admin.v1.ListSigningKeysRequest\x1a&.tend.admin.v1.ListSigningKeysResponse\x12c\n" +
+	"\x10RotateSigningKey\x12&.tend.admin.v1.RotateSigningKeyRequest\x1a'.tend.admin.v1.RotateSigningKeyResponse\x12i\n" +
+	"\x12ActivateSigningKey\x12(.tend.admin.v1.ActivateSigningKeyRequest\x1a).tend.admin.v1.ActivateSigningKeyResponse\x12c\n" +
+	"\x10RetireSigningKey\x12&.tend.admin.v1.RetireSigningKeyRequest\x1a'.tend.admin.v1.RetireSigningKeyResponseB+Z)tend.dev/tend/proto/tend/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_tend_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2150,104 +3513,163 @@ func file_tend_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tend_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tend_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_tend_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_tend_admin_v1_admin_proto_goTypes = []any{
-	(AgentStatus)(0),              // 0: tend.admin.v1.AgentStatus
-	(*Agent)(nil),                 // 1: tend.admin.v1.Agent
-	(*ListAgentsRequest)(nil),     // 2: tend.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 3: tend.admin.v1.ListAgentsResponse
-	(*DeleteAgentRequest)(nil),    // 4: tend.admin.v1.DeleteAgentRequest
-	(*DeleteAgentResponse)(nil),   // 5: tend.admin.v1.DeleteAgentResponse
-	(*Policy)(nil),                // 6: tend.admin.v1.Policy
-	(*ApplyPoliciesRequest)(nil),  // 7: tend.admin.v1.ApplyPoliciesRequest
-	(*ApplyPoliciesResponse)(nil), // 8: tend.admin.v1.ApplyPoliciesResponse
-	(*PolicyChange)(nil),          // 9: tend.admin.v1.PolicyChange
-	(*ListPoliciesRequest)(nil),   // 10: tend.admin.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),  // 11: tend.admin.v1.ListPoliciesResponse
-	(*GetPolicyRequest)(nil),      // 12: tend.admin.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 13: tend.admin.v1.GetPolicyResponse
-	(*DeletePolicyRequest)(nil),   // 14: tend.admin.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),  // 15: tend.admin.v1.DeletePolicyResponse
-	(*CheckState)(nil),            // 16: tend.admin.v1.CheckState
-	(*ListChecksRequest)(nil),     // 17: tend.admin.v1.ListChecksRequest
-	(*ListChecksResponse)(nil),    // 18: tend.admin.v1.ListChecksResponse
-	(*ListResultsRequest)(nil),    // 19: tend.admin.v1.ListResultsRequest
-	(*ListResultsResponse)(nil),   // 20: tend.admin.v1.ListResultsResponse
-	(*CreateTokenRequest)(nil),    // 21: tend.admin.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 22: tend.admin.v1.CreateTokenResponse
-	(*Event)(nil),                 // 23: tend.admin.v1.Event
-	(*Incident)(nil),              // 24: tend.admin.v1.Incident
-	(*Task)(nil),                  // 25: tend.admin.v1.Task
-	(*ListIncidentsRequest)(nil),  // 26: tend.admin.v1.ListIncidentsRequest
-	(*ListIncidentsResponse)(nil), // 27: tend.admin.v1.ListIncidentsResponse
-	(*GetIncidentRequest)(nil),    // 28: tend.admin.v1.GetIncidentRequest
-	(*GetIncidentResponse)(nil),   // 29: tend.admin.v1.GetIncidentResponse
-	(*ListTasksRequest)(nil),      // 30: tend.admin.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 31: tend.admin.v1.ListTasksResponse
-	nil,                           // 32: tend.admin.v1.Agent.LabelsEntry
-	nil,                           // 33: tend.admin.v1.Agent.FactsEntry
-	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
-	(*v1.CheckResult)(nil),        // 35: tend.agent.v1.CheckResult
-	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(AgentStatus)(0),                   // 0: tend.admin.v1.AgentStatus
+	(*Agent)(nil),                      // 1: tend.admin.v1.Agent
+	(*ListAgentsRequest)(nil),          // 2: tend.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),         // 3: tend.admin.v1.ListAgentsResponse
+	(*DeleteAgentRequest)(nil),         // 4: tend.admin.v1.DeleteAgentRequest
+	(*DeleteAgentResponse)(nil),        // 5: tend.admin.v1.DeleteAgentResponse
+	(*Policy)(nil),                     // 6: tend.admin.v1.Policy
+	(*ApplyPoliciesRequest)(nil),       // 7: tend.admin.v1.ApplyPoliciesRequest
+	(*ApplyPoliciesResponse)(nil),      // 8: tend.admin.v1.ApplyPoliciesResponse
+	(*PolicyChange)(nil),               // 9: tend.admin.v1.PolicyChange
+	(*ListPoliciesRequest)(nil),        // 10: tend.admin.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),       // 11: tend.admin.v1.ListPoliciesResponse
+	(*GetPolicyRequest)(nil),           // 12: tend.admin.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),          // 13: tend.admin.v1.GetPolicyResponse
+	(*PolicyStatus)(nil),               // 14: tend.admin.v1.PolicyStatus
+	(*ShadowDecision)(nil),             // 15: tend.admin.v1.ShadowDecision
+	(*DeletePolicyRequest)(nil),        // 16: tend.admin.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),       // 17: tend.admin.v1.DeletePolicyResponse
+	(*CheckState)(nil),                 // 18: tend.admin.v1.CheckState
+	(*ListChecksRequest)(nil),          // 19: tend.admin.v1.ListChecksRequest
+	(*ListChecksResponse)(nil),         // 20: tend.admin.v1.ListChecksResponse
+	(*ListResultsRequest)(nil),         // 21: tend.admin.v1.ListResultsRequest
+	(*ListResultsResponse)(nil),        // 22: tend.admin.v1.ListResultsResponse
+	(*CreateTokenRequest)(nil),         // 23: tend.admin.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),        // 24: tend.admin.v1.CreateTokenResponse
+	(*Event)(nil),                      // 25: tend.admin.v1.Event
+	(*Incident)(nil),                   // 26: tend.admin.v1.Incident
+	(*Task)(nil),                       // 27: tend.admin.v1.Task
+	(*ListIncidentsRequest)(nil),       // 28: tend.admin.v1.ListIncidentsRequest
+	(*ListIncidentsResponse)(nil),      // 29: tend.admin.v1.ListIncidentsResponse
+	(*GetIncidentRequest)(nil),         // 30: tend.admin.v1.GetIncidentRequest
+	(*GetIncidentResponse)(nil),        // 31: tend.admin.v1.GetIncidentResponse
+	(*ListTasksRequest)(nil),           // 32: tend.admin.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),          // 33: tend.admin.v1.ListTasksResponse
+	(*ApproveTaskRequest)(nil),         // 34: tend.admin.v1.ApproveTaskRequest
+	(*ApproveTaskResponse)(nil),        // 35: tend.admin.v1.ApproveTaskResponse
+	(*RearmPolicyRequest)(nil),         // 36: tend.admin.v1.RearmPolicyRequest
+	(*RearmPolicyResponse)(nil),        // 37: tend.admin.v1.RearmPolicyResponse
+	(*Credential)(nil),                 // 38: tend.admin.v1.Credential
+	(*IssueCredentialRequest)(nil),     // 39: tend.admin.v1.IssueCredentialRequest
+	(*IssueCredentialResponse)(nil),    // 40: tend.admin.v1.IssueCredentialResponse
+	(*ListCredentialsRequest)(nil),     // 41: tend.admin.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),    // 42: tend.admin.v1.ListCredentialsResponse
+	(*RevokeCredentialRequest)(nil),    // 43: tend.admin.v1.RevokeCredentialRequest
+	(*RevokeCredentialResponse)(nil),   // 44: tend.admin.v1.RevokeCredentialResponse
+	(*SigningKeyInfo)(nil),             // 45: tend.admin.v1.SigningKeyInfo
+	(*ListSigningKeysRequest)(nil),     // 46: tend.admin.v1.ListSigningKeysRequest
+	(*ListSigningKeysResponse)(nil),    // 47: tend.admin.v1.ListSigningKeysResponse
+	(*RotateSigningKeyRequest)(nil),    // 48: tend.admin.v1.RotateSigningKeyRequest
+	(*RotateSigningKeyResponse)(nil),   // 49: tend.admin.v1.RotateSigningKeyResponse
+	(*ActivateSigningKeyRequest)(nil),  // 50: tend.admin.v1.ActivateSigningKeyRequest
+	(*ActivateSigningKeyResponse)(nil), // 51: tend.admin.v1.ActivateSigningKeyResponse
+	(*RetireSigningKeyRequest)(nil),    // 52: tend.admin.v1.RetireSigningKeyRequest
+	(*RetireSigningKeyResponse)(nil),   // 53: tend.admin.v1.RetireSigningKeyResponse
+	nil,                                // 54: tend.admin.v1.Agent.LabelsEntry
+	nil,                                // 55: tend.admin.v1.Agent.FactsEntry
+	(*timestamppb.Timestamp)(nil),      // 56: google.protobuf.Timestamp
+	(*v1.CheckResult)(nil),             // 57: tend.agent.v1.CheckResult
+	(*durationpb.Duration)(nil),        // 58: google.protobuf.Duration
 }
 var file_tend_admin_v1_admin_proto_depIdxs = []int32{
-	32, // 0: tend.admin.v1.Agent.labels:type_name -> tend.admin.v1.Agent.LabelsEntry
+	54, // 0: tend.admin.v1.Agent.labels:type_name -> tend.admin.v1.Agent.LabelsEntry
 	0,  // 1: tend.admin.v1.Agent.status:type_name -> tend.admin.v1.AgentStatus
-	34, // 2: tend.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	33, // 3: tend.admin.v1.Agent.facts:type_name -> tend.admin.v1.Agent.FactsEntry
-	34, // 4: tend.admin.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
+	56, // 2: tend.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	55, // 3: tend.admin.v1.Agent.facts:type_name -> tend.admin.v1.Agent.FactsEntry
+	56, // 4: tend.admin.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
 	1,  // 5: tend.admin.v1.ListAgentsResponse.agents:type_name -> tend.admin.v1.Agent
 	1,  // 6: tend.admin.v1.DeleteAgentResponse.agent:type_name -> tend.admin.v1.Agent
-	34, // 7: tend.admin.v1.Policy.updated_at:type_name -> google.protobuf.Timestamp
+	56, // 7: tend.admin.v1.Policy.updated_at:type_name -> google.protobuf.Timestamp
 	9,  // 8: tend.admin.v1.ApplyPoliciesResponse.changes:type_name -> tend.admin.v1.PolicyChange
 	6,  // 9: tend.admin.v1.ListPoliciesResponse.policies:type_name -> tend.admin.v1.Policy
 	6,  // 10: tend.admin.v1.GetPolicyResponse.policy:type_name -> tend.admin.v1.Policy
-	35, // 11: tend.admin.v1.CheckState.last:type_name -> tend.agent.v1.CheckResult
-	34, // 12: tend.admin.v1.CheckState.since:type_name -> google.protobuf.Timestamp
-	16, // 13: tend.admin.v1.ListChecksResponse.checks:type_name -> tend.admin.v1.CheckState
-	35, // 14: tend.admin.v1.ListResultsResponse.results:type_name -> tend.agent.v1.CheckResult
-	36, // 15: tend.admin.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	34, // 16: tend.admin.v1.CreateTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	34, // 17: tend.admin.v1.Event.at:type_name -> google.protobuf.Timestamp
-	34, // 18: tend.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
-	34, // 19: tend.admin.v1.Incident.resolved_at:type_name -> google.protobuf.Timestamp
-	23, // 20: tend.admin.v1.Incident.timeline:type_name -> tend.admin.v1.Event
-	34, // 21: tend.admin.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	34, // 22: tend.admin.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 23: tend.admin.v1.Task.expires_at:type_name -> google.protobuf.Timestamp
-	24, // 24: tend.admin.v1.ListIncidentsResponse.incidents:type_name -> tend.admin.v1.Incident
-	24, // 25: tend.admin.v1.GetIncidentResponse.incident:type_name -> tend.admin.v1.Incident
-	25, // 26: tend.admin.v1.GetIncidentResponse.tasks:type_name -> tend.admin.v1.Task
-	25, // 27: tend.admin.v1.ListTasksResponse.tasks:type_name -> tend.admin.v1.Task
-	2,  // 28: tend.admin.v1.AdminService.ListAgents:input_type -> tend.admin.v1.ListAgentsRequest
-	4,  // 29: tend.admin.v1.AdminService.DeleteAgent:input_type -> tend.admin.v1.DeleteAgentRequest
-	7,  // 30: tend.admin.v1.AdminService.ApplyPolicies:input_type -> tend.admin.v1.ApplyPoliciesRequest
-	10, // 31: tend.admin.v1.AdminService.ListPolicies:input_type -> tend.admin.v1.ListPoliciesRequest
-	12, // 32: tend.admin.v1.AdminService.GetPolicy:input_type -> tend.admin.v1.GetPolicyRequest
-	14, // 33: tend.admin.v1.AdminService.DeletePolicy:input_type -> tend.admin.v1.DeletePolicyRequest
-	17, // 34: tend.admin.v1.AdminService.ListChecks:input_type -> tend.admin.v1.ListChecksRequest
-	19, // 35: tend.admin.v1.AdminService.ListResults:input_type -> tend.admin.v1.ListResultsRequest
-	21, // 36: tend.admin.v1.AdminService.CreateToken:input_type -> tend.admin.v1.CreateTokenRequest
-	26, // 37: tend.admin.v1.AdminService.ListIncidents:input_type -> tend.admin.v1.ListIncidentsRequest
-	28, // 38: tend.admin.v1.AdminService.GetIncident:input_type -> tend.admin.v1.GetIncidentRequest
-	30, // 39: tend.admin.v1.AdminService.ListTasks:input_type -> tend.admin.v1.ListTasksRequest
-	3,  // 40: tend.admin.v1.AdminService.ListAgents:output_type -> tend.admin.v1.ListAgentsResponse
-	5,  // 41: tend.admin.v1.AdminService.DeleteAgent:output_type -> tend.admin.v1.DeleteAgentResponse
-	8,  // 42: tend.admin.v1.AdminService.ApplyPolicies:output_type -> tend.admin.v1.ApplyPoliciesResponse
-	11, // 43: tend.admin.v1.AdminService.ListPolicies:output_type -> tend.admin.v1.ListPoliciesResponse
-	13, // 44: tend.admin.v1.AdminService.GetPolicy:output_type -> tend.admin.v1.GetPolicyResponse
-	15, // 45: tend.admin.v1.AdminService.DeletePolicy:output_type -> tend.admin.v1.DeletePolicyResponse
-	18, // 46: tend.admin.v1.AdminService.ListChecks:output_type -> tend.admin.v1.ListChecksResponse
-	20, // 47: tend.admin.v1.AdminService.ListResults:output_type -> tend.admin.v1.ListResultsResponse
-	22, // 48: tend.admin.v1.AdminService.CreateToken:output_type -> tend.admin.v1.CreateTokenResponse
-	27, // 49: tend.admin.v1.AdminService.ListIncidents:output_type -> tend.admin.v1.ListIncidentsResponse
-	29, // 50: tend.admin.v1.AdminService.GetIncident:output_type -> tend.admin.v1.GetIncidentResponse
-	31, // 51: tend.admin.v1.AdminService.ListTasks:output_type -> tend.admin.v1.ListTasksResponse
-	40, // [40:52] is the sub-list for method output_type
-	28, // [28:40] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	14, // 11: tend.admin.v1.GetPolicyResponse.status:type_name -> tend.admin.v1.PolicyStatus
+	56, // 12: tend.admin.v1.PolicyStatus.breaker_opened_at:type_name -> google.protobuf.Timestamp
+	15, // 13: tend.admin.v1.PolicyStatus.would_have_acted:type_name -> tend.admin.v1.ShadowDecision
+	56, // 14: tend.admin.v1.ShadowDecision.at:type_name -> google.protobuf.Timestamp
+	57, // 15: tend.admin.v1.CheckState.last:type_name -> tend.agent.v1.CheckResult
+	56, // 16: tend.admin.v1.CheckState.since:type_name -> google.protobuf.Timestamp
+	18, // 17: tend.admin.v1.ListChecksResponse.checks:type_name -> tend.admin.v1.CheckState
+	57, // 18: tend.admin.v1.ListResultsResponse.results:type_name -> tend.agent.v1.CheckResult
+	58, // 19: tend.admin.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	56, // 20: tend.admin.v1.CreateTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	56, // 21: tend.admin.v1.Event.at:type_name -> google.protobuf.Timestamp
+	56, // 22: tend.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	56, // 23: tend.admin.v1.Incident.resolved_at:type_name -> google.protobuf.Timestamp
+	25, // 24: tend.admin.v1.Incident.timeline:type_name -> tend.admin.v1.Event
+	56, // 25: tend.admin.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	56, // 26: tend.admin.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
+	56, // 27: tend.admin.v1.Task.expires_at:type_name -> google.protobuf.Timestamp
+	56, // 28: tend.admin.v1.Task.approved_at:type_name -> google.protobuf.Timestamp
+	56, // 29: tend.admin.v1.Task.approval_deadline:type_name -> google.protobuf.Timestamp
+	26, // 30: tend.admin.v1.ListIncidentsResponse.incidents:type_name -> tend.admin.v1.Incident
+	26, // 31: tend.admin.v1.GetIncidentResponse.incident:type_name -> tend.admin.v1.Incident
+	27, // 32: tend.admin.v1.GetIncidentResponse.tasks:type_name -> tend.admin.v1.Task
+	27, // 33: tend.admin.v1.ListTasksResponse.tasks:type_name -> tend.admin.v1.Task
+	27, // 34: tend.admin.v1.ApproveTaskResponse.task:type_name -> tend.admin.v1.Task
+	14, // 35: tend.admin.v1.RearmPolicyResponse.status:type_name -> tend.admin.v1.PolicyStatus
+	56, // 36: tend.admin.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	56, // 37: tend.admin.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	58, // 38: tend.admin.v1.IssueCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	38, // 39: tend.admin.v1.IssueCredentialResponse.credential:type_name -> tend.admin.v1.Credential
+	38, // 40: tend.admin.v1.ListCredentialsResponse.credentials:type_name -> tend.admin.v1.Credential
+	38, // 41: tend.admin.v1.RevokeCredentialResponse.revoked:type_name -> tend.admin.v1.Credential
+	56, // 42: tend.admin.v1.SigningKeyInfo.created_at:type_name -> google.protobuf.Timestamp
+	45, // 43: tend.admin.v1.ListSigningKeysResponse.keys:type_name -> tend.admin.v1.SigningKeyInfo
+	45, // 44: tend.admin.v1.RotateSigningKeyResponse.key:type_name -> tend.admin.v1.SigningKeyInfo
+	45, // 45: tend.admin.v1.ActivateSigningKeyResponse.key:type_name -> tend.admin.v1.SigningKeyInfo
+	45, // 46: tend.admin.v1.RetireSigningKeyResponse.key:type_name -> tend.admin.v1.SigningKeyInfo
+	2,  // 47: tend.admin.v1.AdminService.ListAgents:input_type -> tend.admin.v1.ListAgentsRequest
+	4,  // 48: tend.admin.v1.AdminService.DeleteAgent:input_type -> tend.admin.v1.DeleteAgentRequest
+	7,  // 49: tend.admin.v1.AdminService.ApplyPolicies:input_type -> tend.admin.v1.ApplyPoliciesRequest
+	10, // 50: tend.admin.v1.AdminService.ListPolicies:input_type -> tend.admin.v1.ListPoliciesRequest
+	12, // 51: tend.admin.v1.AdminService.GetPolicy:input_type -> tend.admin.v1.GetPolicyRequest
+	16, // 52: tend.admin.v1.AdminService.DeletePolicy:input_type -> tend.admin.v1.DeletePolicyRequest
+	19, // 53: tend.admin.v1.AdminService.ListChecks:input_type -> tend.admin.v1.ListChecksRequest
+	21, // 54: tend.admin.v1.AdminService.ListResults:input_type -> tend.admin.v1.ListResultsRequest
+	23, // 55: tend.admin.v1.AdminService.CreateToken:input_type -> tend.admin.v1.CreateTokenRequest
+	28, // 56: tend.admin.v1.AdminService.ListIncidents:input_type -> tend.admin.v1.ListIncidentsRequest
+	30, // 57: tend.admin.v1.AdminService.GetIncident:input_type -> tend.admin.v1.GetIncidentRequest
+	32, // 58: tend.admin.v1.AdminService.ListTasks:input_type -> tend.admin.v1.ListTasksRequest
+	34, // 59: tend.admin.v1.AdminService.ApproveTask:input_type -> tend.admin.v1.ApproveTaskRequest
+	36, // 60: tend.admin.v1.AdminService.RearmPolicy:input_type -> tend.admin.v1.RearmPolicyRequest
+	39, // 61: tend.admin.v1.AdminService.IssueCredential:input_type -> tend.admin.v1.IssueCredentialRequest
+	41, // 62: tend.admin.v1.AdminService.ListCredentials:input_type -> tend.admin.v1.ListCredentialsRequest
+	43, // 63: tend.admin.v1.AdminService.RevokeCredential:input_type -> tend.admin.v1.RevokeCredentialRequest
+	46, // 64: tend.admin.v1.AdminService.ListSigningKeys:input_type -> tend.admin.v1.ListSigningKeysRequest
+	48, // 65: tend.admin.v1.AdminService.RotateSigningKey:input_type -> tend.admin.v1.RotateSigningKeyRequest
+	50, // 66: tend.admin.v1.AdminService.ActivateSigningKey:input_type -> tend.admin.v1.ActivateSigningKeyRequest
+	52, // 67: tend.admin.v1.AdminService.RetireSigningKey:input_type -> tend.admin.v1.RetireSigningKeyRequest
+	3,  // 68: tend.admin.v1.AdminService.ListAgents:output_type -> tend.admin.v1.ListAgentsResponse
+	5,  // 69: tend.admin.v1.AdminService.DeleteAgent:output_type -> tend.admin.v1.DeleteAgentResponse
+	8,  // 70: tend.admin.v1.AdminService.ApplyPolicies:output_type -> tend.admin.v1.ApplyPoliciesResponse
+	11, // 71: tend.admin.v1.AdminService.ListPolicies:output_type -> tend.admin.v1.ListPoliciesResponse
+	13, // 72: tend.admin.v1.AdminService.GetPolicy:output_type -> tend.admin.v1.GetPolicyResponse
+	17, // 73: tend.admin.v1.AdminService.DeletePolicy:output_type -> tend.admin.v1.DeletePolicyResponse
+	20, // 74: tend.admin.v1.AdminService.ListChecks:output_type -> tend.admin.v1.ListChecksResponse
+	22, // 75: tend.admin.v1.AdminService.ListResults:output_type -> tend.admin.v1.ListResultsResponse
+	24, // 76: tend.admin.v1.AdminService.CreateToken:output_type -> tend.admin.v1.CreateTokenResponse
+	29, // 77: tend.admin.v1.AdminService.ListIncidents:output_type -> tend.admin.v1.ListIncidentsResponse
+	31, // 78: tend.admin.v1.AdminService.GetIncident:output_type -> tend.admin.v1.GetIncidentResponse
+	33, // 79: tend.admin.v1.AdminService.ListTasks:output_type -> tend.admin.v1.ListTasksResponse
+	35, // 80: tend.admin.v1.AdminService.ApproveTask:output_type -> tend.admin.v1.ApproveTaskResponse
+	37, // 81: tend.admin.v1.AdminService.RearmPolicy:output_type -> tend.admin.v1.RearmPolicyResponse
+	40, // 82: tend.admin.v1.AdminService.IssueCredential:output_type -> tend.admin.v1.IssueCredentialResponse
+	42, // 83: tend.admin.v1.AdminService.ListCredentials:output_type -> tend.admin.v1.ListCredentialsResponse
+	44, // 84: tend.admin.v1.AdminService.RevokeCredential:output_type -> tend.admin.v1.RevokeCredentialResponse
+	47, // 85: tend.admin.v1.AdminService.ListSigningKeys:output_type -> tend.admin.v1.ListSigningKeysResponse
+	49, // 86: tend.admin.v1.AdminService.RotateSigningKey:output_type -> tend.admin.v1.RotateSigningKeyResponse
+	51, // 87: tend.admin.v1.AdminService.ActivateSigningKey:output_type -> tend.admin.v1.ActivateSigningKeyResponse
+	53, // 88: tend.admin.v1.AdminService.RetireSigningKey:output_type -> tend.admin.v1.RetireSigningKeyResponse
+	68, // [68:89] is the sub-list for method output_type
+	47, // [47:68] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_tend_admin_v1_admin_proto_init() }
@@ -2261,7 +3683,7 @@ func file_tend_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tend_admin_v1_admin_proto_rawDesc), len(file_tend_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

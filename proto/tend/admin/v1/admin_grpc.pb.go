@@ -19,18 +19,27 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ListAgents_FullMethodName    = "/tend.admin.v1.AdminService/ListAgents"
-	AdminService_DeleteAgent_FullMethodName   = "/tend.admin.v1.AdminService/DeleteAgent"
-	AdminService_ApplyPolicies_FullMethodName = "/tend.admin.v1.AdminService/ApplyPolicies"
-	AdminService_ListPolicies_FullMethodName  = "/tend.admin.v1.AdminService/ListPolicies"
-	AdminService_GetPolicy_FullMethodName     = "/tend.admin.v1.AdminService/GetPolicy"
-	AdminService_DeletePolicy_FullMethodName  = "/tend.admin.v1.AdminService/DeletePolicy"
-	AdminService_ListChecks_FullMethodName    = "/tend.admin.v1.AdminService/ListChecks"
-	AdminService_ListResults_FullMethodName   = "/tend.admin.v1.AdminService/ListResults"
-	AdminService_CreateToken_FullMethodName   = "/tend.admin.v1.AdminService/CreateToken"
-	AdminService_ListIncidents_FullMethodName = "/tend.admin.v1.AdminService/ListIncidents"
-	AdminService_GetIncident_FullMethodName   = "/tend.admin.v1.AdminService/GetIncident"
-	AdminService_ListTasks_FullMethodName     = "/tend.admin.v1.AdminService/ListTasks"
+	AdminService_ListAgents_FullMethodName         = "/tend.admin.v1.AdminService/ListAgents"
+	AdminService_DeleteAgent_FullMethodName        = "/tend.admin.v1.AdminService/DeleteAgent"
+	AdminService_ApplyPolicies_FullMethodName      = "/tend.admin.v1.AdminService/ApplyPolicies"
+	AdminService_ListPolicies_FullMethodName       = "/tend.admin.v1.AdminService/ListPolicies"
+	AdminService_GetPolicy_FullMethodName          = "/tend.admin.v1.AdminService/GetPolicy"
+	AdminService_DeletePolicy_FullMethodName       = "/tend.admin.v1.AdminService/DeletePolicy"
+	AdminService_ListChecks_FullMethodName         = "/tend.admin.v1.AdminService/ListChecks"
+	AdminService_ListResults_FullMethodName        = "/tend.admin.v1.AdminService/ListResults"
+	AdminService_CreateToken_FullMethodName        = "/tend.admin.v1.AdminService/CreateToken"
+	AdminService_ListIncidents_FullMethodName      = "/tend.admin.v1.AdminService/ListIncidents"
+	AdminService_GetIncident_FullMethodName        = "/tend.admin.v1.AdminService/GetIncident"
+	AdminService_ListTasks_FullMethodName          = "/tend.admin.v1.AdminService/ListTasks"
+	AdminService_ApproveTask_FullMethodName        = "/tend.admin.v1.AdminService/ApproveTask"
+	AdminService_RearmPolicy_FullMethodName        = "/tend.admin.v1.AdminService/RearmPolicy"
+	AdminService_IssueCredential_FullMethodName    = "/tend.admin.v1.AdminService/IssueCredential"
+	AdminService_ListCredentials_FullMethodName    = "/tend.admin.v1.AdminService/ListCredentials"
+	AdminService_RevokeCredential_FullMethodName   = "/tend.admin.v1.AdminService/RevokeCredential"
+	AdminService_ListSigningKeys_FullMethodName    = "/tend.admin.v1.AdminService/ListSigningKeys"
+	AdminService_RotateSigningKey_FullMethodName   = "/tend.admin.v1.AdminService/RotateSigningKey"
+	AdminService_ActivateSigningKey_FullMethodName = "/tend.admin.v1.AdminService/ActivateSigningKey"
+	AdminService_RetireSigningKey_FullMethodName   = "/tend.admin.v1.AdminService/RetireSigningKey"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -38,7 +47,10 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // AdminService is the operator API used by tendctl and the web UI. Every call
-// needs an admin client certificate (see admin.conf).
+// needs a client certificate with one of the roles viewer (read only),
+// operator (viewer, plus approving tasks and re-arming policies) or admin
+// (everything); admin.conf holds an admin one, `tendctl credentials create`
+// makes others.
 type AdminServiceClient interface {
 	// ListAgents returns every enrolled agent with its liveness (revoked
 	// agents only on request).
@@ -64,6 +76,30 @@ type AdminServiceClient interface {
 	GetIncident(ctx context.Context, in *GetIncidentRequest, opts ...grpc.CallOption) (*GetIncidentResponse, error)
 	// ListTasks returns remediation tasks, newest first.
 	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
+	// ApproveTask lets a task that waits for approval (requireApproval) be
+	// signed and sent, within the policy's budgets.
+	ApproveTask(ctx context.Context, in *ApproveTaskRequest, opts ...grpc.CallOption) (*ApproveTaskResponse, error)
+	// RearmPolicy closes a policy's open circuit breaker and ends its
+	// correlated-failure hold, so it may act again.
+	RearmPolicy(ctx context.Context, in *RearmPolicyRequest, opts ...grpc.CallOption) (*RearmPolicyResponse, error)
+	// IssueCredential signs a client certificate for an operator of the API
+	// (the caller generates the key and sends a CSR).
+	IssueCredential(ctx context.Context, in *IssueCredentialRequest, opts ...grpc.CallOption) (*IssueCredentialResponse, error)
+	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
+	// RevokeCredential refuses a credential from now on.
+	RevokeCredential(ctx context.Context, in *RevokeCredentialRequest, opts ...grpc.CallOption) (*RevokeCredentialResponse, error)
+	// ListSigningKeys returns the task-signing keys and how many agents hold
+	// each.
+	ListSigningKeys(ctx context.Context, in *ListSigningKeysRequest, opts ...grpc.CallOption) (*ListSigningKeysResponse, error)
+	// RotateSigningKey creates a new key and publishes it to the agents; the
+	// active key keeps signing until ActivateSigningKey.
+	RotateSigningKey(ctx context.Context, in *RotateSigningKeyRequest, opts ...grpc.CallOption) (*RotateSigningKeyResponse, error)
+	// ActivateSigningKey makes a published key the one that signs tasks; the
+	// previous key stays published (agents still accept it).
+	ActivateSigningKey(ctx context.Context, in *ActivateSigningKeyRequest, opts ...grpc.CallOption) (*ActivateSigningKeyResponse, error)
+	// RetireSigningKey stops publishing a key that no longer signs: agents
+	// drop it and refuse tasks signed with it from then on.
+	RetireSigningKey(ctx context.Context, in *RetireSigningKeyRequest, opts ...grpc.CallOption) (*RetireSigningKeyResponse, error)
 }
 
 type adminServiceClient struct {
@@ -194,12 +230,105 @@ func (c *adminServiceClient) ListTasks(ctx context.Context, in *ListTasksRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) ApproveTask(ctx context.Context, in *ApproveTaskRequest, opts ...grpc.CallOption) (*ApproveTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApproveTaskResponse)
+	err := c.cc.Invoke(ctx, AdminService_ApproveTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RearmPolicy(ctx context.Context, in *RearmPolicyRequest, opts ...grpc.CallOption) (*RearmPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RearmPolicyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RearmPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) IssueCredential(ctx context.Context, in *IssueCredentialRequest, opts ...grpc.CallOption) (*IssueCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueCredentialResponse)
+	err := c.cc.Invoke(ctx, AdminService_IssueCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCredentialsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListCredentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeCredential(ctx context.Context, in *RevokeCredentialRequest, opts ...grpc.CallOption) (*RevokeCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeCredentialResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListSigningKeys(ctx context.Context, in *ListSigningKeysRequest, opts ...grpc.CallOption) (*ListSigningKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSigningKeysResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListSigningKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RotateSigningKey(ctx context.Context, in *RotateSigningKeyRequest, opts ...grpc.CallOption) (*RotateSigningKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateSigningKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateSigningKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ActivateSigningKey(ctx context.Context, in *ActivateSigningKeyRequest, opts ...grpc.CallOption) (*ActivateSigningKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ActivateSigningKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_ActivateSigningKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RetireSigningKey(ctx context.Context, in *RetireSigningKeyRequest, opts ...grpc.CallOption) (*RetireSigningKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireSigningKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RetireSigningKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
 // AdminService is the operator API used by tendctl and the web UI. Every call
-// needs an admin client certificate (see admin.conf).
+// needs a client certificate with one of the roles viewer (read only),
+// operator (viewer, plus approving tasks and re-arming policies) or admin
+// (everything); admin.conf holds an admin one, `tendctl credentials create`
+// makes others.
 type AdminServiceServer interface {
 	// ListAgents returns every enrolled agent with its liveness (revoked
 	// agents only on request).
@@ -225,6 +354,30 @@ type AdminServiceServer interface {
 	GetIncident(context.Context, *GetIncidentRequest) (*GetIncidentResponse, error)
 	// ListTasks returns remediation tasks, newest first.
 	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
+	// ApproveTask lets a task that waits for approval (requireApproval) be
+	// signed and sent, within the policy's budgets.
+	ApproveTask(context.Context, *ApproveTaskRequest) (*ApproveTaskResponse, error)
+	// RearmPolicy closes a policy's open circuit breaker and ends its
+	// correlated-failure hold, so it may act again.
+	RearmPolicy(context.Context, *RearmPolicyRequest) (*RearmPolicyResponse, error)
+	// IssueCredential signs a client certificate for an operator of the API
+	// (the caller generates the key and sends a CSR).
+	IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error)
+	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
+	// RevokeCredential refuses a credential from now on.
+	RevokeCredential(context.Context, *RevokeCredentialRequest) (*RevokeCredentialResponse, error)
+	// ListSigningKeys returns the task-signing keys and how many agents hold
+	// each.
+	ListSigningKeys(context.Context, *ListSigningKeysRequest) (*ListSigningKeysResponse, error)
+	// RotateSigningKey creates a new key and publishes it to the agents; the
+	// active key keeps signing until ActivateSigningKey.
+	RotateSigningKey(context.Context, *RotateSigningKeyRequest) (*RotateSigningKeyResponse, error)
+	// ActivateSigningKey makes a published key the one that signs tasks; the
+	// previous key stays published (agents still accept it).
+	ActivateSigningKey(context.Context, *ActivateSigningKeyRequest) (*ActivateSigningKeyResponse, error)
+	// RetireSigningKey stops publishing a key that no longer signs: agents
+	// drop it and refuse tasks signed with it from then on.
+	RetireSigningKey(context.Context, *RetireSigningKeyRequest) (*RetireSigningKeyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -270,6 +423,33 @@ func (UnimplementedAdminServiceServer) GetIncident(context.Context, *GetIncident
 }
 func (UnimplementedAdminServiceServer) ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListTasks not implemented")
+}
+func (UnimplementedAdminServiceServer) ApproveTask(context.Context, *ApproveTaskRequest) (*ApproveTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApproveTask not implemented")
+}
+func (UnimplementedAdminServiceServer) RearmPolicy(context.Context, *RearmPolicyRequest) (*RearmPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RearmPolicy not implemented")
+}
+func (UnimplementedAdminServiceServer) IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueCredential not implemented")
+}
+func (UnimplementedAdminServiceServer) ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCredentials not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeCredential(context.Context, *RevokeCredentialRequest) (*RevokeCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeCredential not implemented")
+}
+func (UnimplementedAdminServiceServer) ListSigningKeys(context.Context, *ListSigningKeysRequest) (*ListSigningKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSigningKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateSigningKey(context.Context, *RotateSigningKeyRequest) (*RotateSigningKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateSigningKey not implemented")
+}
+func (UnimplementedAdminServiceServer) ActivateSigningKey(context.Context, *ActivateSigningKeyRequest) (*ActivateSigningKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateSigningKey not implemented")
+}
+func (UnimplementedAdminServiceServer) RetireSigningKey(context.Context, *RetireSigningKeyRequest) (*RetireSigningKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireSigningKey not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -508,6 +688,168 @@ func _AdminService_ListTasks_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ApproveTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ApproveTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ApproveTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ApproveTask(ctx, req.(*ApproveTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RearmPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RearmPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RearmPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RearmPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RearmPolicy(ctx, req.(*RearmPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_IssueCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).IssueCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_IssueCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).IssueCredential(ctx, req.(*IssueCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListCredentials(ctx, req.(*ListCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeCredential(ctx, req.(*RevokeCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListSigningKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSigningKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListSigningKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListSigningKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListSigningKeys(ctx, req.(*ListSigningKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RotateSigningKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateSigningKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateSigningKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateSigningKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateSigningKey(ctx, req.(*RotateSigningKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ActivateSigningKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateSigningKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ActivateSigningKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ActivateSigningKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ActivateSigningKey(ctx, req.(*ActivateSigningKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RetireSigningKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireSigningKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RetireSigningKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RetireSigningKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RetireSigningKey(ctx, req.(*RetireSigningKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -562,6 +904,42 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListTasks",
 			Handler:    _AdminService_ListTasks_Handler,
+		},
+		{
+			MethodName: "ApproveTask",
+			Handler:    _AdminService_ApproveTask_Handler,
+		},
+		{
+			MethodName: "RearmPolicy",
+			Handler:    _AdminService_RearmPolicy_Handler,
+		},
+		{
+			MethodName: "IssueCredential",
+			Handler:    _AdminService_IssueCredential_Handler,
+		},
+		{
+			MethodName: "ListCredentials",
+			Handler:    _AdminService_ListCredentials_Handler,
+		},
+		{
+			MethodName: "RevokeCredential",
+			Handler:    _AdminService_RevokeCredential_Handler,
+		},
+		{
+			MethodName: "ListSigningKeys",
+			Handler:    _AdminService_ListSigningKeys_Handler,
+		},
+		{
+			MethodName: "RotateSigningKey",
+			Handler:    _AdminService_RotateSigningKey_Handler,
+		},
+		{
+			MethodName: "ActivateSigningKey",
+			Handler:    _AdminService_ActivateSigningKey_Handler,
+		},
+		{
+			MethodName: "RetireSigningKey",
+			Handler:    _AdminService_RetireSigningKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -465,6 +465,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Results
 	//	*ConnectRequest_Heartbeat
 	//	*ConnectRequest_TaskUpdate
+	//	*ConnectRequest_AutonomousRun
 	Msg           isConnectRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -543,6 +544,15 @@ func (x *ConnectRequest) GetTaskUpdate() *TaskUpdate {
 	return nil
 }
 
+func (x *ConnectRequest) GetAutonomousRun() *AutonomousRun {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_AutonomousRun); ok {
+			return x.AutonomousRun
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Msg interface {
 	isConnectRequest_Msg()
 }
@@ -563,6 +573,10 @@ type ConnectRequest_TaskUpdate struct {
 	TaskUpdate *TaskUpdate `protobuf:"bytes,4,opt,name=task_update,json=taskUpdate,proto3,oneof"`
 }
 
+type ConnectRequest_AutonomousRun struct {
+	AutonomousRun *AutonomousRun `protobuf:"bytes,5,opt,name=autonomous_run,json=autonomousRun,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Results) isConnectRequest_Msg() {}
@@ -570,6 +584,8 @@ func (*ConnectRequest_Results) isConnectRequest_Msg() {}
 func (*ConnectRequest_Heartbeat) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_TaskUpdate) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_AutonomousRun) isConnectRequest_Msg() {}
 
 // ConnectResponse is one message from the control plane to the agent.
 type ConnectResponse struct {
@@ -582,6 +598,9 @@ type ConnectResponse struct {
 	//	*ConnectResponse_HeartbeatAck
 	//	*ConnectResponse_Task
 	//	*ConnectResponse_TaskAck
+	//	*ConnectResponse_SigningKeys
+	//	*ConnectResponse_StandingOrders
+	//	*ConnectResponse_AutonomousAck
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -678,6 +697,33 @@ func (x *ConnectResponse) GetTaskAck() *TaskUpdateAck {
 	return nil
 }
 
+func (x *ConnectResponse) GetSigningKeys() *SigningKeySet {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_SigningKeys); ok {
+			return x.SigningKeys
+		}
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetStandingOrders() *StandingOrders {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_StandingOrders); ok {
+			return x.StandingOrders
+		}
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetAutonomousAck() *AutonomousRunAck {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_AutonomousAck); ok {
+			return x.AutonomousAck
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -706,6 +752,18 @@ type ConnectResponse_TaskAck struct {
 	TaskAck *TaskUpdateAck `protobuf:"bytes,6,opt,name=task_ack,json=taskAck,proto3,oneof"`
 }
 
+type ConnectResponse_SigningKeys struct {
+	SigningKeys *SigningKeySet `protobuf:"bytes,7,opt,name=signing_keys,json=signingKeys,proto3,oneof"`
+}
+
+type ConnectResponse_StandingOrders struct {
+	StandingOrders *StandingOrders `protobuf:"bytes,8,opt,name=standing_orders,json=standingOrders,proto3,oneof"`
+}
+
+type ConnectResponse_AutonomousAck struct {
+	AutonomousAck *AutonomousRunAck `protobuf:"bytes,9,opt,name=autonomous_ack,json=autonomousAck,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Ack) isConnectResponse_Msg() {}
@@ -717,6 +775,12 @@ func (*ConnectResponse_HeartbeatAck) isConnectResponse_Msg() {}
 func (*ConnectResponse_Task) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_TaskAck) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_SigningKeys) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_StandingOrders) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_AutonomousAck) isConnectResponse_Msg() {}
 
 // Hello opens the stream. It carries metadata only: who the agent is comes
 // from the certificate.
@@ -737,8 +801,14 @@ type Hello struct {
 	// Highest task sequence number the agent has accepted (persisted before
 	// executing), so the control plane can reconcile tasks in flight.
 	TaskSeqHighWater uint64 `protobuf:"varint,8,opt,name=task_seq_high_water,json=taskSeqHighWater,proto3" json:"task_seq_high_water,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Ids of the task-signing keys the agent accepts now.
+	SigningKeyIds []string `protobuf:"bytes,9,rep,name=signing_key_ids,json=signingKeyIds,proto3" json:"signing_key_ids,omitempty"`
+	// The seq of the newest result the agent had when it connected: results
+	// up to it are its backlog (stored, but old news: the control plane does
+	// not trigger on them).
+	ResultsThrough uint64 `protobuf:"varint,10,opt,name=results_through,json=resultsThrough,proto3" json:"results_through,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -823,6 +893,20 @@ func (x *Hello) GetOutboxPending() uint64 {
 func (x *Hello) GetTaskSeqHighWater() uint64 {
 	if x != nil {
 		return x.TaskSeqHighWater
+	}
+	return 0
+}
+
+func (x *Hello) GetSigningKeyIds() []string {
+	if x != nil {
+		return x.SigningKeyIds
+	}
+	return nil
+}
+
+func (x *Hello) GetResultsThrough() uint64 {
+	if x != nil {
+		return x.ResultsThrough
 	}
 	return 0
 }
@@ -921,8 +1005,11 @@ type Heartbeat struct {
 	SentAt             *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
 	OutboxPending      uint64                 `protobuf:"varint,2,opt,name=outbox_pending,json=outboxPending,proto3" json:"outbox_pending,omitempty"`
 	OutboxDroppedTotal uint64                 `protobuf:"varint,3,opt,name=outbox_dropped_total,json=outboxDroppedTotal,proto3" json:"outbox_dropped_total,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The task-signing key ids the agent accepts, set only on the first
+	// heartbeat after a SigningKeySet changed them (empty: unchanged).
+	SigningKeyIds []string `protobuf:"bytes,4,rep,name=signing_key_ids,json=signingKeyIds,proto3" json:"signing_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -974,6 +1061,13 @@ func (x *Heartbeat) GetOutboxDroppedTotal() uint64 {
 		return x.OutboxDroppedTotal
 	}
 	return 0
+}
+
+func (x *Heartbeat) GetSigningKeyIds() []string {
+	if x != nil {
+		return x.SigningKeyIds
+	}
+	return nil
 }
 
 type HeartbeatAck struct {
@@ -1787,6 +1881,323 @@ func (x *CheckAssignment) GetChecks() []*CheckSpec {
 // TaskDelivery carries a signed remediation task: a serialized
 // tend.task.v1.Envelope, kept as bytes so the agent verifies exactly what
 // the control plane signed.
+// SigningKeySet replaces the task-signing keys the agent accepts (sent after
+// Welcome and whenever the control plane's keys change; see key rotation in
+// docs/OPERATIONS.md). Older keys missing from it are no longer accepted.
+type SigningKeySet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*SigningKey          `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SigningKeySet) Reset() {
+	*x = SigningKeySet{}
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SigningKeySet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SigningKeySet) ProtoMessage() {}
+
+func (x *SigningKeySet) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SigningKeySet.ProtoReflect.Descriptor instead.
+func (*SigningKeySet) Descriptor() ([]byte, []int) {
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SigningKeySet) GetKeys() []*SigningKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// StandingOrders replaces the agent's standing orders: signed envelopes of
+// tend.task.v1.StandingOrder for this agent (none: the agent drops them
+// all). Sent after Welcome and whenever they change.
+type StandingOrders struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Envelopes     [][]byte               `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StandingOrders) Reset() {
+	*x = StandingOrders{}
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StandingOrders) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StandingOrders) ProtoMessage() {}
+
+func (x *StandingOrders) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StandingOrders.ProtoReflect.Descriptor instead.
+func (*StandingOrders) Descriptor() ([]byte, []int) {
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StandingOrders) GetEnvelopes() [][]byte {
+	if x != nil {
+		return x.Envelopes
+	}
+	return nil
+}
+
+// AutonomousRun is the story of one remediation the agent ran by itself
+// under a standing order while it could not reach the control plane; it is
+// kept in the agent's outbox until acknowledged.
+type AutonomousRun struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique on the agent ("auto-..."); the control plane ignores a run it
+	// already recorded.
+	RunId string `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// The standing order as signed, so the control plane can check it was
+	// its own.
+	OrderEnvelope []byte                 `protobuf:"bytes,2,opt,name=order_envelope,json=orderEnvelope,proto3" json:"order_envelope,omitempty"`
+	TriggeredAt   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=triggered_at,json=triggeredAt,proto3" json:"triggered_at,omitempty"`
+	// TASK_STATE_SUCCEEDED, FAILED or REJECTED.
+	State  TaskState `protobuf:"varint,4,opt,name=state,proto3,enum=tend.agent.v1.TaskState" json:"state,omitempty"`
+	Output string    `protobuf:"bytes,5,opt,name=output,proto3" json:"output,omitempty"`
+	Reason string    `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Verified: the check passed after the action, at verified_at.
+	Verified   bool                   `protobuf:"varint,7,opt,name=verified,proto3" json:"verified,omitempty"`
+	VerifiedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=verified_at,json=verifiedAt,proto3" json:"verified_at,omitempty"`
+	// What happened, in order (detected, decided, started, finished,
+	// verified or not_verified, ...).
+	Events        []*AutonomousEvent `protobuf:"bytes,9,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AutonomousRun) Reset() {
+	*x = AutonomousRun{}
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutonomousRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutonomousRun) ProtoMessage() {}
+
+func (x *AutonomousRun) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutonomousRun.ProtoReflect.Descriptor instead.
+func (*AutonomousRun) Descriptor() ([]byte, []int) {
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AutonomousRun) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *AutonomousRun) GetOrderEnvelope() []byte {
+	if x != nil {
+		return x.OrderEnvelope
+	}
+	return nil
+}
+
+func (x *AutonomousRun) GetTriggeredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TriggeredAt
+	}
+	return nil
+}
+
+func (x *AutonomousRun) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
+func (x *AutonomousRun) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *AutonomousRun) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AutonomousRun) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *AutonomousRun) GetVerifiedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.VerifiedAt
+	}
+	return nil
+}
+
+func (x *AutonomousRun) GetEvents() []*AutonomousEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type AutonomousEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AutonomousEvent) Reset() {
+	*x = AutonomousEvent{}
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutonomousEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutonomousEvent) ProtoMessage() {}
+
+func (x *AutonomousEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutonomousEvent.ProtoReflect.Descriptor instead.
+func (*AutonomousEvent) Descriptor() ([]byte, []int) {
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *AutonomousEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *AutonomousEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AutonomousEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type AutonomousRunAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AutonomousRunAck) Reset() {
+	*x = AutonomousRunAck{}
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutonomousRunAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutonomousRunAck) ProtoMessage() {}
+
+func (x *AutonomousRunAck) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutonomousRunAck.ProtoReflect.Descriptor instead.
+func (*AutonomousRunAck) Descriptor() ([]byte, []int) {
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AutonomousRunAck) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
 type TaskDelivery struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Envelope      []byte                 `protobuf:"bytes,1,opt,name=envelope,proto3" json:"envelope,omitempty"`
@@ -1796,7 +2207,7 @@ type TaskDelivery struct {
 
 func (x *TaskDelivery) Reset() {
 	*x = TaskDelivery{}
-	mi := &file_tend_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +2219,7 @@ func (x *TaskDelivery) String() string {
 func (*TaskDelivery) ProtoMessage() {}
 
 func (x *TaskDelivery) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +2232,7 @@ func (x *TaskDelivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskDelivery.ProtoReflect.Descriptor instead.
 func (*TaskDelivery) Descriptor() ([]byte, []int) {
-	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TaskDelivery) GetEnvelope() []byte {
@@ -1843,7 +2254,7 @@ type TaskUpdateAck struct {
 
 func (x *TaskUpdateAck) Reset() {
 	*x = TaskUpdateAck{}
-	mi := &file_tend_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2266,7 @@ func (x *TaskUpdateAck) String() string {
 func (*TaskUpdateAck) ProtoMessage() {}
 
 func (x *TaskUpdateAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2279,7 @@ func (x *TaskUpdateAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdateAck.ProtoReflect.Descriptor instead.
 func (*TaskUpdateAck) Descriptor() ([]byte, []int) {
-	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TaskUpdateAck) GetTaskId() string {
@@ -1907,7 +2318,7 @@ type TaskUpdate struct {
 
 func (x *TaskUpdate) Reset() {
 	*x = TaskUpdate{}
-	mi := &file_tend_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2330,7 @@ func (x *TaskUpdate) String() string {
 func (*TaskUpdate) ProtoMessage() {}
 
 func (x *TaskUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_tend_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2343,7 @@ func (x *TaskUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdate.ProtoReflect.Descriptor instead.
 func (*TaskUpdate) Descriptor() ([]byte, []int) {
-	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_tend_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TaskUpdate) GetTaskId() string {
@@ -2013,22 +2424,26 @@ const file_tend_agent_v1_agent_proto_rawDesc = "" +
 	"SigningKey\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +
-	"public_key\x18\x02 \x01(\fR\tpublicKey\"\xf5\x01\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"\xbc\x02\n" +
 	"\x0eConnectRequest\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.tend.agent.v1.HelloH\x00R\x05hello\x126\n" +
 	"\aresults\x18\x02 \x01(\v2\x1a.tend.agent.v1.ResultBatchH\x00R\aresults\x128\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x18.tend.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
 	"\vtask_update\x18\x04 \x01(\v2\x19.tend.agent.v1.TaskUpdateH\x00R\n" +
-	"taskUpdateB\x05\n" +
-	"\x03msg\"\xe5\x02\n" +
+	"taskUpdate\x12E\n" +
+	"\x0eautonomous_run\x18\x05 \x01(\v2\x1c.tend.agent.v1.AutonomousRunH\x00R\rautonomousRunB\x05\n" +
+	"\x03msg\"\xbc\x04\n" +
 	"\x0fConnectResponse\x122\n" +
 	"\awelcome\x18\x01 \x01(\v2\x16.tend.agent.v1.WelcomeH\x00R\awelcome\x12+\n" +
 	"\x03ack\x18\x02 \x01(\v2\x17.tend.agent.v1.BatchAckH\x00R\x03ack\x128\n" +
 	"\x06checks\x18\x03 \x01(\v2\x1e.tend.agent.v1.CheckAssignmentH\x00R\x06checks\x12B\n" +
 	"\rheartbeat_ack\x18\x04 \x01(\v2\x1b.tend.agent.v1.HeartbeatAckH\x00R\fheartbeatAck\x121\n" +
 	"\x04task\x18\x05 \x01(\v2\x1b.tend.agent.v1.TaskDeliveryH\x00R\x04task\x129\n" +
-	"\btask_ack\x18\x06 \x01(\v2\x1c.tend.agent.v1.TaskUpdateAckH\x00R\ataskAckB\x05\n" +
-	"\x03msg\"\xf9\x03\n" +
+	"\btask_ack\x18\x06 \x01(\v2\x1c.tend.agent.v1.TaskUpdateAckH\x00R\ataskAck\x12A\n" +
+	"\fsigning_keys\x18\a \x01(\v2\x1c.tend.agent.v1.SigningKeySetH\x00R\vsigningKeys\x12H\n" +
+	"\x0fstanding_orders\x18\b \x01(\v2\x1d.tend.agent.v1.StandingOrdersH\x00R\x0estandingOrders\x12H\n" +
+	"\x0eautonomous_ack\x18\t \x01(\v2\x1f.tend.agent.v1.AutonomousRunAckH\x00R\rautonomousAckB\x05\n" +
+	"\x03msg\"\xca\x04\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x128\n" +
 	"\x06labels\x18\x02 \x03(\v2 .tend.agent.v1.Hello.LabelsEntryR\x06labels\x125\n" +
@@ -2037,7 +2452,10 @@ const file_tend_agent_v1_agent_proto_rawDesc = "" +
 	"\x11checks_generation\x18\x05 \x01(\x04R\x10checksGeneration\x120\n" +
 	"\x14outbox_dropped_total\x18\x06 \x01(\x04R\x12outboxDroppedTotal\x12%\n" +
 	"\x0eoutbox_pending\x18\a \x01(\x04R\routboxPending\x12-\n" +
-	"\x13task_seq_high_water\x18\b \x01(\x04R\x10taskSeqHighWater\x1a9\n" +
+	"\x13task_seq_high_water\x18\b \x01(\x04R\x10taskSeqHighWater\x12&\n" +
+	"\x0fsigning_key_ids\x18\t \x03(\tR\rsigningKeyIds\x12'\n" +
+	"\x0fresults_through\x18\n" +
+	" \x01(\x04R\x0eresultsThrough\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a8\n" +
@@ -2052,11 +2470,12 @@ const file_tend_agent_v1_agent_proto_rawDesc = "" +
 	"\rheartbeat_ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\fheartbeatTtl\x12;\n" +
 	"\vserver_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\x122\n" +
-	"\x15results_acked_through\x18\x06 \x01(\x04R\x13resultsAckedThrough\"\x99\x01\n" +
+	"\x15results_acked_through\x18\x06 \x01(\x04R\x13resultsAckedThrough\"\xc1\x01\n" +
 	"\tHeartbeat\x123\n" +
 	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12%\n" +
 	"\x0eoutbox_pending\x18\x02 \x01(\x04R\routboxPending\x120\n" +
-	"\x14outbox_dropped_total\x18\x03 \x01(\x04R\x12outboxDroppedTotal\"K\n" +
+	"\x14outbox_dropped_total\x18\x03 \x01(\x04R\x12outboxDroppedTotal\x12&\n" +
+	"\x0fsigning_key_ids\x18\x04 \x03(\tR\rsigningKeyIds\"K\n" +
 	"\fHeartbeatAck\x12;\n" +
 	"\vserver_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\"\x9e\x03\n" +
@@ -2113,7 +2532,28 @@ const file_tend_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x120\n" +
-	"\x06checks\x18\x02 \x03(\v2\x18.tend.agent.v1.CheckSpecR\x06checks\"*\n" +
+	"\x06checks\x18\x02 \x03(\v2\x18.tend.agent.v1.CheckSpecR\x06checks\">\n" +
+	"\rSigningKeySet\x12-\n" +
+	"\x04keys\x18\x01 \x03(\v2\x19.tend.agent.v1.SigningKeyR\x04keys\".\n" +
+	"\x0eStandingOrders\x12\x1c\n" +
+	"\tenvelopes\x18\x01 \x03(\fR\tenvelopes\"\xfd\x02\n" +
+	"\rAutonomousRun\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12%\n" +
+	"\x0eorder_envelope\x18\x02 \x01(\fR\rorderEnvelope\x12=\n" +
+	"\ftriggered_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vtriggeredAt\x12.\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x18.tend.agent.v1.TaskStateR\x05state\x12\x16\n" +
+	"\x06output\x18\x05 \x01(\tR\x06output\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bverified\x18\a \x01(\bR\bverified\x12;\n" +
+	"\vverified_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"verifiedAt\x126\n" +
+	"\x06events\x18\t \x03(\v2\x1e.tend.agent.v1.AutonomousEventR\x06events\"k\n" +
+	"\x0fAutonomousEvent\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\")\n" +
+	"\x10AutonomousRunAck\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\"*\n" +
 	"\fTaskDelivery\x12\x1a\n" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\"X\n" +
 	"\rTaskUpdateAck\x12\x17\n" +
@@ -2165,7 +2605,7 @@ func file_tend_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_tend_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tend_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_tend_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_tend_agent_v1_agent_proto_goTypes = []any{
 	(CheckStatus)(0),              // 0: tend.agent.v1.CheckStatus
 	(TaskState)(0),                // 1: tend.agent.v1.TaskState
@@ -2191,68 +2631,83 @@ var file_tend_agent_v1_agent_proto_goTypes = []any{
 	(*CommandCheck)(nil),          // 21: tend.agent.v1.CommandCheck
 	(*ServiceCheck)(nil),          // 22: tend.agent.v1.ServiceCheck
 	(*CheckAssignment)(nil),       // 23: tend.agent.v1.CheckAssignment
-	(*TaskDelivery)(nil),          // 24: tend.agent.v1.TaskDelivery
-	(*TaskUpdateAck)(nil),         // 25: tend.agent.v1.TaskUpdateAck
-	(*TaskUpdate)(nil),            // 26: tend.agent.v1.TaskUpdate
-	nil,                           // 27: tend.agent.v1.EnrollRequest.LabelsEntry
-	nil,                           // 28: tend.agent.v1.Hello.LabelsEntry
-	nil,                           // 29: tend.agent.v1.Hello.FactsEntry
-	nil,                           // 30: tend.agent.v1.CheckResult.MetricsEntry
-	nil,                           // 31: tend.agent.v1.TaskUpdate.MetricsEntry
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
+	(*SigningKeySet)(nil),         // 24: tend.agent.v1.SigningKeySet
+	(*StandingOrders)(nil),        // 25: tend.agent.v1.StandingOrders
+	(*AutonomousRun)(nil),         // 26: tend.agent.v1.AutonomousRun
+	(*AutonomousEvent)(nil),       // 27: tend.agent.v1.AutonomousEvent
+	(*AutonomousRunAck)(nil),      // 28: tend.agent.v1.AutonomousRunAck
+	(*TaskDelivery)(nil),          // 29: tend.agent.v1.TaskDelivery
+	(*TaskUpdateAck)(nil),         // 30: tend.agent.v1.TaskUpdateAck
+	(*TaskUpdate)(nil),            // 31: tend.agent.v1.TaskUpdate
+	nil,                           // 32: tend.agent.v1.EnrollRequest.LabelsEntry
+	nil,                           // 33: tend.agent.v1.Hello.LabelsEntry
+	nil,                           // 34: tend.agent.v1.Hello.FactsEntry
+	nil,                           // 35: tend.agent.v1.CheckResult.MetricsEntry
+	nil,                           // 36: tend.agent.v1.TaskUpdate.MetricsEntry
+	(*durationpb.Duration)(nil),   // 37: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 38: google.protobuf.Timestamp
 }
 var file_tend_agent_v1_agent_proto_depIdxs = []int32{
-	27, // 0: tend.agent.v1.EnrollRequest.labels:type_name -> tend.agent.v1.EnrollRequest.LabelsEntry
+	32, // 0: tend.agent.v1.EnrollRequest.labels:type_name -> tend.agent.v1.EnrollRequest.LabelsEntry
 	6,  // 1: tend.agent.v1.EnrollResponse.signing_keys:type_name -> tend.agent.v1.SigningKey
 	6,  // 2: tend.agent.v1.RenewResponse.signing_keys:type_name -> tend.agent.v1.SigningKey
 	9,  // 3: tend.agent.v1.ConnectRequest.hello:type_name -> tend.agent.v1.Hello
 	14, // 4: tend.agent.v1.ConnectRequest.results:type_name -> tend.agent.v1.ResultBatch
 	11, // 5: tend.agent.v1.ConnectRequest.heartbeat:type_name -> tend.agent.v1.Heartbeat
-	26, // 6: tend.agent.v1.ConnectRequest.task_update:type_name -> tend.agent.v1.TaskUpdate
-	10, // 7: tend.agent.v1.ConnectResponse.welcome:type_name -> tend.agent.v1.Welcome
-	15, // 8: tend.agent.v1.ConnectResponse.ack:type_name -> tend.agent.v1.BatchAck
-	23, // 9: tend.agent.v1.ConnectResponse.checks:type_name -> tend.agent.v1.CheckAssignment
-	12, // 10: tend.agent.v1.ConnectResponse.heartbeat_ack:type_name -> tend.agent.v1.HeartbeatAck
-	24, // 11: tend.agent.v1.ConnectResponse.task:type_name -> tend.agent.v1.TaskDelivery
-	25, // 12: tend.agent.v1.ConnectResponse.task_ack:type_name -> tend.agent.v1.TaskUpdateAck
-	28, // 13: tend.agent.v1.Hello.labels:type_name -> tend.agent.v1.Hello.LabelsEntry
-	29, // 14: tend.agent.v1.Hello.facts:type_name -> tend.agent.v1.Hello.FactsEntry
-	16, // 15: tend.agent.v1.Hello.local_checks:type_name -> tend.agent.v1.CheckSpec
-	32, // 16: tend.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	32, // 17: tend.agent.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
-	33, // 18: tend.agent.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	33, // 19: tend.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	33, // 20: tend.agent.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	0,  // 21: tend.agent.v1.CheckResult.status:type_name -> tend.agent.v1.CheckStatus
-	30, // 22: tend.agent.v1.CheckResult.metrics:type_name -> tend.agent.v1.CheckResult.MetricsEntry
-	33, // 23: tend.agent.v1.CheckResult.started_at:type_name -> google.protobuf.Timestamp
-	32, // 24: tend.agent.v1.CheckResult.duration:type_name -> google.protobuf.Duration
-	13, // 25: tend.agent.v1.ResultBatch.results:type_name -> tend.agent.v1.CheckResult
-	32, // 26: tend.agent.v1.CheckSpec.interval:type_name -> google.protobuf.Duration
-	32, // 27: tend.agent.v1.CheckSpec.timeout:type_name -> google.protobuf.Duration
-	17, // 28: tend.agent.v1.CheckSpec.process:type_name -> tend.agent.v1.ProcessCheck
-	18, // 29: tend.agent.v1.CheckSpec.disk:type_name -> tend.agent.v1.DiskCheck
-	19, // 30: tend.agent.v1.CheckSpec.tcp:type_name -> tend.agent.v1.TcpCheck
-	20, // 31: tend.agent.v1.CheckSpec.http:type_name -> tend.agent.v1.HttpCheck
-	21, // 32: tend.agent.v1.CheckSpec.command:type_name -> tend.agent.v1.CommandCheck
-	22, // 33: tend.agent.v1.CheckSpec.service:type_name -> tend.agent.v1.ServiceCheck
-	16, // 34: tend.agent.v1.CheckAssignment.checks:type_name -> tend.agent.v1.CheckSpec
-	1,  // 35: tend.agent.v1.TaskUpdateAck.state:type_name -> tend.agent.v1.TaskState
-	1,  // 36: tend.agent.v1.TaskUpdate.state:type_name -> tend.agent.v1.TaskState
-	33, // 37: tend.agent.v1.TaskUpdate.at:type_name -> google.protobuf.Timestamp
-	31, // 38: tend.agent.v1.TaskUpdate.metrics:type_name -> tend.agent.v1.TaskUpdate.MetricsEntry
-	2,  // 39: tend.agent.v1.EnrollmentService.Enroll:input_type -> tend.agent.v1.EnrollRequest
-	4,  // 40: tend.agent.v1.EnrollmentService.Renew:input_type -> tend.agent.v1.RenewRequest
-	7,  // 41: tend.agent.v1.AgentService.Connect:input_type -> tend.agent.v1.ConnectRequest
-	3,  // 42: tend.agent.v1.EnrollmentService.Enroll:output_type -> tend.agent.v1.EnrollResponse
-	5,  // 43: tend.agent.v1.EnrollmentService.Renew:output_type -> tend.agent.v1.RenewResponse
-	8,  // 44: tend.agent.v1.AgentService.Connect:output_type -> tend.agent.v1.ConnectResponse
-	42, // [42:45] is the sub-list for method output_type
-	39, // [39:42] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	31, // 6: tend.agent.v1.ConnectRequest.task_update:type_name -> tend.agent.v1.TaskUpdate
+	26, // 7: tend.agent.v1.ConnectRequest.autonomous_run:type_name -> tend.agent.v1.AutonomousRun
+	10, // 8: tend.agent.v1.ConnectResponse.welcome:type_name -> tend.agent.v1.Welcome
+	15, // 9: tend.agent.v1.ConnectResponse.ack:type_name -> tend.agent.v1.BatchAck
+	23, // 10: tend.agent.v1.ConnectResponse.checks:type_name -> tend.agent.v1.CheckAssignment
+	12, // 11: tend.agent.v1.ConnectResponse.heartbeat_ack:type_name -> tend.agent.v1.HeartbeatAck
+	29, // 12: tend.agent.v1.ConnectResponse.task:type_name -> tend.agent.v1.TaskDelivery
+	30, // 13: tend.agent.v1.ConnectResponse.task_ack:type_name -> tend.agent.v1.TaskUpdateAck
+	24, // 14: tend.agent.v1.ConnectResponse.signing_keys:type_name -> tend.agent.v1.SigningKeySet
+	25, // 15: tend.agent.v1.ConnectResponse.standing_orders:type_name -> tend.agent.v1.StandingOrders
+	28, // 16: tend.agent.v1.ConnectResponse.autonomous_ack:type_name -> tend.agent.v1.AutonomousRunAck
+	33, // 17: tend.agent.v1.Hello.labels:type_name -> tend.agent.v1.Hello.LabelsEntry
+	34, // 18: tend.agent.v1.Hello.facts:type_name -> tend.agent.v1.Hello.FactsEntry
+	16, // 19: tend.agent.v1.Hello.local_checks:type_name -> tend.agent.v1.CheckSpec
+	37, // 20: tend.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	37, // 21: tend.agent.v1.Welcome.heartbeat_ttl:type_name -> google.protobuf.Duration
+	38, // 22: tend.agent.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	38, // 23: tend.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	38, // 24: tend.agent.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	0,  // 25: tend.agent.v1.CheckResult.status:type_name -> tend.agent.v1.CheckStatus
+	35, // 26: tend.agent.v1.CheckResult.metrics:type_name -> tend.agent.v1.CheckResult.MetricsEntry
+	38, // 27: tend.agent.v1.CheckResult.started_at:type_name -> google.protobuf.Timestamp
+	37, // 28: tend.agent.v1.CheckResult.duration:type_name -> google.protobuf.Duration
+	13, // 29: tend.agent.v1.ResultBatch.results:type_name -> tend.agent.v1.CheckResult
+	37, // 30: tend.agent.v1.CheckSpec.interval:type_name -> google.protobuf.Duration
+	37, // 31: tend.agent.v1.CheckSpec.timeout:type_name -> google.protobuf.Duration
+	17, // 32: tend.agent.v1.CheckSpec.process:type_name -> tend.agent.v1.ProcessCheck
+	18, // 33: tend.agent.v1.CheckSpec.disk:type_name -> tend.agent.v1.DiskCheck
+	19, // 34: tend.agent.v1.CheckSpec.tcp:type_name -> tend.agent.v1.TcpCheck
+	20, // 35: tend.agent.v1.CheckSpec.http:type_name -> tend.agent.v1.HttpCheck
+	21, // 36: tend.agent.v1.CheckSpec.command:type_name -> tend.agent.v1.CommandCheck
+	22, // 37: tend.agent.v1.CheckSpec.service:type_name -> tend.agent.v1.ServiceCheck
+	16, // 38: tend.agent.v1.CheckAssignment.checks:type_name -> tend.agent.v1.CheckSpec
+	6,  // 39: tend.agent.v1.SigningKeySet.keys:type_name -> tend.agent.v1.SigningKey
+	38, // 40: tend.agent.v1.AutonomousRun.triggered_at:type_name -> google.protobuf.Timestamp
+	1,  // 41: tend.agent.v1.AutonomousRun.state:type_name -> tend.agent.v1.TaskState
+	38, // 42: tend.agent.v1.AutonomousRun.verified_at:type_name -> google.protobuf.Timestamp
+	27, // 43: tend.agent.v1.AutonomousRun.events:type_name -> tend.agent.v1.AutonomousEvent
+	38, // 44: tend.agent.v1.AutonomousEvent.at:type_name -> google.protobuf.Timestamp
+	1,  // 45: tend.agent.v1.TaskUpdateAck.state:type_name -> tend.agent.v1.TaskState
+	1,  // 46: tend.agent.v1.TaskUpdate.state:type_name -> tend.agent.v1.TaskState
+	38, // 47: tend.agent.v1.TaskUpdate.at:type_name -> google.protobuf.Timestamp
+	36, // 48: tend.agent.v1.TaskUpdate.metrics:type_name -> tend.agent.v1.TaskUpdate.MetricsEntry
+	2,  // 49: tend.agent.v1.EnrollmentService.Enroll:input_type -> tend.agent.v1.EnrollRequest
+	4,  // 50: tend.agent.v1.EnrollmentService.Renew:input_type -> tend.agent.v1.RenewRequest
+	7,  // 51: tend.agent.v1.AgentService.Connect:input_type -> tend.agent.v1.ConnectRequest
+	3,  // 52: tend.agent.v1.EnrollmentService.Enroll:output_type -> tend.agent.v1.EnrollResponse
+	5,  // 53: tend.agent.v1.EnrollmentService.Renew:output_type -> tend.agent.v1.RenewResponse
+	8,  // 54: tend.agent.v1.AgentService.Connect:output_type -> tend.agent.v1.ConnectResponse
+	52, // [52:55] is the sub-list for method output_type
+	49, // [49:52] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_tend_agent_v1_agent_proto_init() }
@@ -2265,6 +2720,7 @@ func file_tend_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Results)(nil),
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_TaskUpdate)(nil),
+		(*ConnectRequest_AutonomousRun)(nil),
 	}
 	file_tend_agent_v1_agent_proto_msgTypes[6].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -2273,6 +2729,9 @@ func file_tend_agent_v1_agent_proto_init() {
 		(*ConnectResponse_HeartbeatAck)(nil),
 		(*ConnectResponse_Task)(nil),
 		(*ConnectResponse_TaskAck)(nil),
+		(*ConnectResponse_SigningKeys)(nil),
+		(*ConnectResponse_StandingOrders)(nil),
+		(*ConnectResponse_AutonomousAck)(nil),
 	}
 	file_tend_agent_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
 		(*CheckSpec_Process)(nil),
@@ -2288,7 +2747,7 @@ func file_tend_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tend_agent_v1_agent_proto_rawDesc), len(file_tend_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   30,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -168,6 +168,191 @@ func (x *Task) GetAttempt() uint32 {
 // Envelope carries a signed payload. The Ed25519 signature covers
 // "tend-envelope-v1" 0x00 payload_type 0x00 payload, so a payload of one
 // type can never be accepted as another.
+// StandingOrder (payload type "tend.task.v1.StandingOrder") lets one agent
+// run one policy's remediation by itself while it cannot reach the control
+// plane: pre-signed, for that agent only, until expires_at, and at most
+// max_per_hour times in any hour. The agent evaluates the trigger on its own
+// results of check_id and runs the action through the same allow-list and
+// plugins as a task, then reports the whole story when it reconnects.
+type StandingOrder struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	AgentId       string                 `protobuf:"bytes,2,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Policy        string                 `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	PolicyVersion uint64                 `protobuf:"varint,4,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	// The check whose results are watched (the policy's name).
+	CheckId string `protobuf:"bytes,5,opt,name=check_id,json=checkId,proto3" json:"check_id,omitempty"`
+	// Trigger: failures failed results among the last window; when is the
+	// policy's optional CEL expression.
+	Failures uint32 `protobuf:"varint,6,opt,name=failures,proto3" json:"failures,omitempty"`
+	Window   uint32 `protobuf:"varint,7,opt,name=window,proto3" json:"window,omitempty"`
+	When     string `protobuf:"bytes,8,opt,name=when,proto3" json:"when,omitempty"`
+	Action   string `protobuf:"bytes,9,opt,name=action,proto3" json:"action,omitempty"`
+	// Params with the agent's labels already substituted.
+	Params  *structpb.Struct     `protobuf:"bytes,10,opt,name=params,proto3" json:"params,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,11,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Act only after the control plane has been unreachable this long.
+	OfflineAfter *durationpb.Duration `protobuf:"bytes,12,opt,name=offline_after,json=offlineAfter,proto3" json:"offline_after,omitempty"`
+	MaxPerHour   uint32               `protobuf:"varint,13,opt,name=max_per_hour,json=maxPerHour,proto3" json:"max_per_hour,omitempty"`
+	// After a run, the check must pass within verify_within; the next run
+	// waits at least backoff.
+	VerifyWithin  *durationpb.Duration   `protobuf:"bytes,14,opt,name=verify_within,json=verifyWithin,proto3" json:"verify_within,omitempty"`
+	Backoff       *durationpb.Duration   `protobuf:"bytes,15,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StandingOrder) Reset() {
+	*x = StandingOrder{}
+	mi := &file_tend_task_v1_task_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StandingOrder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StandingOrder) ProtoMessage() {}
+
+func (x *StandingOrder) ProtoReflect() protoreflect.Message {
+	mi := &file_tend_task_v1_task_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StandingOrder.ProtoReflect.Descriptor instead.
+func (*StandingOrder) Descriptor() ([]byte, []int) {
+	return file_tend_task_v1_task_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StandingOrder) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *StandingOrder) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *StandingOrder) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *StandingOrder) GetPolicyVersion() uint64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *StandingOrder) GetCheckId() string {
+	if x != nil {
+		return x.CheckId
+	}
+	return ""
+}
+
+func (x *StandingOrder) GetFailures() uint32 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *StandingOrder) GetWindow() uint32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+func (x *StandingOrder) GetWhen() string {
+	if x != nil {
+		return x.When
+	}
+	return ""
+}
+
+func (x *StandingOrder) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *StandingOrder) GetParams() *structpb.Struct {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *StandingOrder) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *StandingOrder) GetOfflineAfter() *durationpb.Duration {
+	if x != nil {
+		return x.OfflineAfter
+	}
+	return nil
+}
+
+func (x *StandingOrder) GetMaxPerHour() uint32 {
+	if x != nil {
+		return x.MaxPerHour
+	}
+	return 0
+}
+
+func (x *StandingOrder) GetVerifyWithin() *durationpb.Duration {
+	if x != nil {
+		return x.VerifyWithin
+	}
+	return nil
+}
+
+func (x *StandingOrder) GetBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.Backoff
+	}
+	return nil
+}
+
+func (x *StandingOrder) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *StandingOrder) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 type Envelope struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "tend.task.v1.Task".
@@ -182,7 +367,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_tend_task_v1_task_proto_msgTypes[1]
+	mi := &file_tend_task_v1_task_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -194,7 +379,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_tend_task_v1_task_proto_msgTypes[1]
+	mi := &file_tend_task_v1_task_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -207,7 +392,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_tend_task_v1_task_proto_rawDescGZIP(), []int{1}
+	return file_tend_task_v1_task_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Envelope) GetPayloadType() string {
@@ -259,7 +444,29 @@ const file_tend_task_v1_task_proto_rawDesc = "" +
 	"expires_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x123\n" +
 	"\atimeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x18\n" +
-	"\aattempt\x18\f \x01(\rR\aattempt\"|\n" +
+	"\aattempt\x18\f \x01(\rR\aattempt\"\xb2\x05\n" +
+	"\rStandingOrder\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x19\n" +
+	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x16\n" +
+	"\x06policy\x18\x03 \x01(\tR\x06policy\x12%\n" +
+	"\x0epolicy_version\x18\x04 \x01(\x04R\rpolicyVersion\x12\x19\n" +
+	"\bcheck_id\x18\x05 \x01(\tR\acheckId\x12\x1a\n" +
+	"\bfailures\x18\x06 \x01(\rR\bfailures\x12\x16\n" +
+	"\x06window\x18\a \x01(\rR\x06window\x12\x12\n" +
+	"\x04when\x18\b \x01(\tR\x04when\x12\x16\n" +
+	"\x06action\x18\t \x01(\tR\x06action\x12/\n" +
+	"\x06params\x18\n" +
+	" \x01(\v2\x17.google.protobuf.StructR\x06params\x123\n" +
+	"\atimeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12>\n" +
+	"\roffline_after\x18\f \x01(\v2\x19.google.protobuf.DurationR\fofflineAfter\x12 \n" +
+	"\fmax_per_hour\x18\r \x01(\rR\n" +
+	"maxPerHour\x12>\n" +
+	"\rverify_within\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\fverifyWithin\x123\n" +
+	"\abackoff\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\abackoff\x129\n" +
+	"\n" +
+	"not_before\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x129\n" +
+	"\n" +
+	"expires_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"|\n" +
 	"\bEnvelope\x12!\n" +
 	"\fpayload_type\x18\x01 \x01(\tR\vpayloadType\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x15\n" +
@@ -278,24 +485,32 @@ func file_tend_task_v1_task_proto_rawDescGZIP() []byte {
 	return file_tend_task_v1_task_proto_rawDescData
 }
 
-var file_tend_task_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_tend_task_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_tend_task_v1_task_proto_goTypes = []any{
 	(*Task)(nil),                  // 0: tend.task.v1.Task
-	(*Envelope)(nil),              // 1: tend.task.v1.Envelope
-	(*structpb.Struct)(nil),       // 2: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 4: google.protobuf.Duration
+	(*StandingOrder)(nil),         // 1: tend.task.v1.StandingOrder
+	(*Envelope)(nil),              // 2: tend.task.v1.Envelope
+	(*structpb.Struct)(nil),       // 3: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
 }
 var file_tend_task_v1_task_proto_depIdxs = []int32{
-	2, // 0: tend.task.v1.Task.params:type_name -> google.protobuf.Struct
-	3, // 1: tend.task.v1.Task.not_before:type_name -> google.protobuf.Timestamp
-	3, // 2: tend.task.v1.Task.expires_at:type_name -> google.protobuf.Timestamp
-	4, // 3: tend.task.v1.Task.timeout:type_name -> google.protobuf.Duration
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	3,  // 0: tend.task.v1.Task.params:type_name -> google.protobuf.Struct
+	4,  // 1: tend.task.v1.Task.not_before:type_name -> google.protobuf.Timestamp
+	4,  // 2: tend.task.v1.Task.expires_at:type_name -> google.protobuf.Timestamp
+	5,  // 3: tend.task.v1.Task.timeout:type_name -> google.protobuf.Duration
+	3,  // 4: tend.task.v1.StandingOrder.params:type_name -> google.protobuf.Struct
+	5,  // 5: tend.task.v1.StandingOrder.timeout:type_name -> google.protobuf.Duration
+	5,  // 6: tend.task.v1.StandingOrder.offline_after:type_name -> google.protobuf.Duration
+	5,  // 7: tend.task.v1.StandingOrder.verify_within:type_name -> google.protobuf.Duration
+	5,  // 8: tend.task.v1.StandingOrder.backoff:type_name -> google.protobuf.Duration
+	4,  // 9: tend.task.v1.StandingOrder.not_before:type_name -> google.protobuf.Timestamp
+	4,  // 10: tend.task.v1.StandingOrder.expires_at:type_name -> google.protobuf.Timestamp
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_tend_task_v1_task_proto_init() }
@@ -309,7 +524,7 @@ func file_tend_task_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tend_task_v1_task_proto_rawDesc), len(file_tend_task_v1_task_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
