@@ -72,7 +72,7 @@ func (m *Manager) autonomousRun(agentID string, run *agentv1.AutonomousRun) erro
 		opened = now
 	}
 	inc := store.Incident{ID: incID, AgentID: agentID, Policy: o.GetPolicy(), PolicyVersion: o.GetPolicyVersion(),
-		State: store.IncidentOpen, OpenedAt: opened, UpdatedAt: now, Reason: marker.Message, Timeline: events}
+		State: store.IncidentOpen, OpenedAt: opened, UpdatedAt: now, Reason: marker.Message, Timeline: events, Attempts: 1}
 	tr := m.track(agentID, o.GetPolicy())
 	if err := m.cfg.Store.CreateIncident(inc); err != nil {
 		if !errors.Is(err, store.ErrExists) {
