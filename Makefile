@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 20m
 # Time each fuzz target runs in `make fuzz` (scripts/test.sh uses 4s).
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-e2e fuzz generate lint demo bench tools deps clean fmt vet check-generated
+.PHONY: all build build-failpoints test test-unit test-e2e fuzz robustness generate lint demo bench tools deps clean fmt vet check-generated
 
 all: build
 
@@ -29,6 +29,23 @@ deps:
 build:
 	@mkdir -p bin
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINARIES)) $(addprefix ./,$(PLUGINS))
+
+# The binaries with crash points (internal/failpoint, armed by
+# TEND_FAILPOINTS) for the robustness tests. Never ship these.
+build-failpoints:
+	@mkdir -p bin-fp
+	$(GO) build -tags failpoints -trimpath -ldflags "$(LDFLAGS)" -o bin-fp/ $(addprefix ./cmd/,$(BINARIES)) $(addprefix ./,$(PLUGINS))
+
+# The fault scenarios (tests/e2e/robust_test.go) in a loop, longer than in
+# `make test`: per scenario, runs, faults injected, results and tasks
+# checked, invariant violations.
+ROBUST_RUNS ?= 3
+ROBUST_FAULTS ?= 2
+ROBUST_PARTITION ?= 60s
+ROBUST_STOP ?= 20s
+robustness: deps build-failpoints
+	@ROBUST_RUNS=$(ROBUST_RUNS) ROBUST_FAULTS=$(ROBUST_FAULTS) ROBUST_PARTITION=$(ROBUST_PARTITION) ROBUST_STOP=$(ROBUST_STOP) \
+		TEND_FP_BIN_DIR=$(CURDIR)/bin-fp bash scripts/robustness.sh
 
 # The whole suite: vet, gofmt, unit and integration tests under -race, and
 # the e2e tests against the real binaries.
@@ -77,4 +94,4 @@ bench: build
 	./bin/tend-bench --bin-dir bin --agents 500 --duration 30s $(BENCH_FLAGS)
 
 clean:
-	rm -rf bin
+	rm -rf bin bin-fp

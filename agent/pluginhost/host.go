@@ -85,10 +85,14 @@ type slot struct {
 
 // instance is one running plugin process.
 type instance struct {
-	name    string
-	client  *plugin.Client
-	rpc     pluginv1.ActionServiceClient
-	pid     int
+	name   string
+	client *plugin.Client
+	rpc    pluginv1.ActionServiceClient
+	pid    int
+	// proc is the plugin's process, from its start: on Linux it holds a
+	// pidfd, so asking whether it is alive can never be answered by
+	// another process that was given its pid since.
+	proc    *os.Process
 	actions []string // full action names, from Describe
 	desc    *pluginv1.DescribeResponse
 
@@ -220,7 +224,7 @@ func (h *Host) start(name string, e Entry) (*instance, error) {
 		}
 		return nil, fmt.Errorf("%w: cannot start plugin %s (%s): %w", ErrRefused, name, e.Path, err)
 	}
-	inst := &instance{name: name, client: client, pid: cmd.Process.Pid}
+	inst := &instance{name: name, client: client, pid: cmd.Process.Pid, proc: cmd.Process}
 	fail := func(format string, args ...any) (*instance, error) {
 		h.kill(inst, "it failed to start")
 		return nil, fmt.Errorf("%w: plugin %s (%s): %s", ErrRefused, name, e.Path, fmt.Sprintf(format, args...))
@@ -257,13 +261,30 @@ func (h *Host) start(name string, e Entry) (*instance, error) {
 func (h *Host) kill(inst *instance, why string) {
 	inst.killOnce.Do(func() {
 		inst.killed.Store(&why)
-		if inst.pid > 1 {
+		if inst.pid > 1 && ownsPid(inst) {
 			_ = syscall.Kill(-inst.pid, syscall.SIGKILL)
 			killSession(inst.pid)
+		} else if inst.pid > 1 {
+			h.log.Warn("plugin exited and its pid now names another process; not signalling that process's group or session", "plugin", inst.name, "pid", inst.pid)
 		}
 		killClient(inst.client, h.log.With("plugin", inst.name))
 		h.log.Info("plugin killed", "plugin", inst.name, "pid", inst.pid, "reason", why)
 	})
+}
+
+// ownsPid reports whether the plugin's pid, as a process group and session
+// id, still names the plugin's: either the plugin runs (asked through its
+// pidfd, which no other process can answer for), or no process has that
+// pid, so the group and session can only be what the plugin left behind
+// (a pid is not given out again while a process group or session holds
+// it). A plugin that exited and was reaped (go-plugin waits for it) gives
+// its pid back: killing -pid then could kill an unrelated process group.
+func ownsPid(inst *instance) bool {
+	if inst.proc != nil && inst.proc.Signal(syscall.Signal(0)) == nil {
+		return true
+	}
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", inst.pid))
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // killClient runs go-plugin's Kill, which waits for the plugin's output

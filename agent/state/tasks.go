@@ -49,19 +49,32 @@ func (d *DB) TaskHighWater() uint64 {
 	return hw
 }
 
-// AcceptTask durably raises the high-water mark to seq. It fails with
-// ErrTaskReplay, and changes nothing, when seq is not above the current
-// mark. Call it before executing the task: once it returns nil the task's
-// seq is used up, whatever happens next.
-func (d *DB) AcceptTask(seq uint64) error {
+// AcceptTask durably raises the high-water mark to seq and, in the same
+// transaction, records task id as in flight (see InterruptedTask) until a
+// terminal update of it is written. It fails with ErrTaskReplay, and
+// changes nothing, when seq is not above the current mark. Call it before
+// executing the task: once it returns nil the task's seq is used up,
+// whatever happens next, and if the agent dies before it reports anything
+// the next start reports the task as interrupted (it is not run).
+func (d *DB) AcceptTask(id string, seq uint64) error {
+	if len(id) > maxTaskIDBytes {
+		return fmt.Errorf("accept task seq %d: task id is %d bytes, at most %d", seq, len(id), maxTaskIDBytes)
+	}
+	accepted, err := proto.Marshal(&agentv1.TaskUpdate{TaskId: id, Seq: seq})
+	if err != nil {
+		return fmt.Errorf("accept task %q: %w", id, err)
+	}
 	var cur uint64
-	err := d.bolt.Update(func(tx *bolt.Tx) error {
+	err = d.bolt.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTasks)
 		cur = getU64(b, keyTaskHighWater)
 		if seq <= cur {
 			return ErrTaskReplay
 		}
-		return b.Put(keyTaskHighWater, u64(seq))
+		if err := b.Put(keyTaskHighWater, u64(seq)); err != nil {
+			return err
+		}
+		return b.Put(keyTaskInFlight, accepted)
 	})
 	if errors.Is(err, ErrTaskReplay) {
 		return fmt.Errorf("accept task seq %d: high-water mark is %d: %w", seq, cur, ErrTaskReplay)
@@ -166,10 +179,12 @@ func trackInFlight(tb *bolt.Bucket, u *agentv1.TaskUpdate) error {
 	return nil
 }
 
-// InterruptedTask returns the task that was RUNNING and has no terminal
-// update yet (its TaskId, Seq and the time it started), or nil. After a
-// restart that is a task the agent was killed in the middle of; report it
-// (a terminal PutTaskUpdate clears it). It is never run again.
+// InterruptedTask returns the task that was accepted (AcceptTask) or
+// RUNNING and has no terminal update yet, or nil: its TaskId and Seq, and
+// for a task that was RUNNING the time it started (At; nil for a task that
+// was accepted and never started). After a restart that is a task the agent
+// was killed in the middle of; report it (a terminal PutTaskUpdate clears
+// it). It is never run again.
 func (d *DB) InterruptedTask() (*agentv1.TaskUpdate, error) {
 	var out *agentv1.TaskUpdate
 	err := d.bolt.View(func(tx *bolt.Tx) error {

@@ -43,21 +43,21 @@ func pendingUpdates(t *testing.T, d *DB) []idState {
 func TestTaskHighWaterPersistsAndRefusesReplay(t *testing.T) {
 	d, _ := testDB(t, Options{})
 	require.Zero(t, d.TaskHighWater())
-	require.NoError(t, d.AcceptTask(5))
+	require.NoError(t, d.AcceptTask("task-5", 5))
 	require.Equal(t, uint64(5), d.TaskHighWater())
 
-	err := d.AcceptTask(5)
+	err := d.AcceptTask("task-5", 5)
 	require.ErrorIs(t, err, ErrTaskReplay)
 	require.ErrorContains(t, err, "seq 5: high-water mark is 5")
-	require.ErrorIs(t, d.AcceptTask(3), ErrTaskReplay)
-	require.ErrorIs(t, d.AcceptTask(0), ErrTaskReplay)
+	require.ErrorIs(t, d.AcceptTask("task-3", 3), ErrTaskReplay)
+	require.ErrorIs(t, d.AcceptTask("task-0", 0), ErrTaskReplay)
 	require.Equal(t, uint64(5), d.TaskHighWater(), "a refused seq changes nothing")
 
-	require.NoError(t, d.AcceptTask(9), "gaps are fine")
+	require.NoError(t, d.AcceptTask("task-9", 9), "gaps are fine")
 	d = reopen(t, d, Options{})
 	require.Equal(t, uint64(9), d.TaskHighWater(), "the mark survives a restart")
-	require.ErrorIs(t, d.AcceptTask(9), ErrTaskReplay)
-	require.NoError(t, d.AcceptTask(10))
+	require.ErrorIs(t, d.AcceptTask("task-9", 9), ErrTaskReplay)
+	require.NoError(t, d.AcceptTask("task-10", 10))
 }
 
 func TestAcceptTaskConcurrentOnlyOneWins(t *testing.T) {
@@ -69,7 +69,7 @@ func TestAcceptTaskConcurrentOnlyOneWins(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if d.AcceptTask(1) == nil {
+			if d.AcceptTask("task-1", 1) == nil {
 				mu.Lock()
 				wins++
 				mu.Unlock()
@@ -84,7 +84,7 @@ func TestAcceptTaskOnClosedDBFails(t *testing.T) {
 	d, err := Open(t.TempDir()+"/agent.db", Options{})
 	require.NoError(t, err)
 	require.NoError(t, d.Close())
-	require.Error(t, d.AcceptTask(1), "no durable mark, no execution")
+	require.Error(t, d.AcceptTask("task-1", 1), "no durable mark, no execution")
 	require.Zero(t, d.TaskHighWater())
 }
 
@@ -219,6 +219,42 @@ func TestInterruptedTask(t *testing.T) {
 	require.Nil(t, got)
 }
 
+// A task accepted and never started (the agent died in between) is in
+// flight too, without a start time; its RUNNING update gives it one, and a
+// rejection after the accept clears it.
+func TestAcceptedTaskIsInFlight(t *testing.T) {
+	d, _ := testDB(t, Options{})
+	require.NoError(t, d.AcceptTask("t1", 3))
+	d = reopen(t, d, Options{}) // "crash" right after the accept
+	got, err := d.InterruptedTask()
+	require.NoError(t, err)
+	require.Equal(t, "t1", got.GetTaskId())
+	require.Equal(t, uint64(3), got.GetSeq())
+	require.Nil(t, got.GetAt(), "never started")
+
+	require.NoError(t, d.PutTaskUpdate(upd("t1", 3, running)))
+	got, err = d.InterruptedTask()
+	require.NoError(t, err)
+	require.NotNil(t, got.GetAt(), "started")
+	require.NoError(t, d.PutTaskUpdate(upd("t1", 3, failed)))
+	got, err = d.InterruptedTask()
+	require.NoError(t, err)
+	require.Nil(t, got)
+
+	require.NoError(t, d.AcceptTask("t2", 4))
+	require.NoError(t, d.PutTaskUpdate(upd("t2", 4, rejected)))
+	got, err = d.InterruptedTask()
+	require.NoError(t, err)
+	require.Nil(t, got, "a rejection after the accept is the task's end")
+
+	require.ErrorIs(t, d.AcceptTask("t3", 4), ErrTaskReplay)
+	got, err = d.InterruptedTask()
+	require.NoError(t, err)
+	require.Nil(t, got, "a refused accept records nothing")
+	require.Error(t, d.AcceptTask(string(make([]byte, 2000)), 5), "huge id")
+	require.Equal(t, uint64(4), d.TaskHighWater())
+}
+
 func TestTaskBucketsAddedToOldFiles(t *testing.T) {
 	// A file written before the task buckets existed gets them on open,
 	// with a zero high-water mark, and keeps its results.
@@ -234,7 +270,7 @@ func TestTaskBucketsAddedToOldFiles(t *testing.T) {
 	}))
 	d = reopen(t, d, Options{})
 	require.Zero(t, d.TaskHighWater())
-	require.NoError(t, d.AcceptTask(1))
+	require.NoError(t, d.AcceptTask("task-1", 1))
 	require.NoError(t, d.PutTaskUpdate(upd("a", 1, running)))
 	pending, _, _ := d.Stats()
 	require.Equal(t, uint64(2), pending)

@@ -92,10 +92,9 @@ func TestTaskUpdatesResentAfterReconnectUntilAcked(t *testing.T) {
 
 func TestHelloCarriesTaskHighWater(t *testing.T) {
 	cp := newFakeCP(t)
-	cp.set(func(f *fakeCP) { f.refuse = true })
-	h := start(t, cp, nil)
-	require.NoError(t, h.db.AcceptTask(42))
-	cp.set(func(f *fakeCP) { f.refuse = false })
+	// The mark is raised before the client runs: a session started
+	// before it would rightly say 0.
+	h := start(t, cp, func(c *Config) { require.NoError(t, c.DB.AcceptTask("task-42", 42)) })
 	require.Eventually(t, h.c.Connected, waitFor, tick)
 	cp.mu.Lock()
 	defer cp.mu.Unlock()

@@ -67,7 +67,7 @@ func TestCapturedTaskReplays(t *testing.T) {
 		})
 		wiped.deliver(captured)
 		u := wiped.waitUpdates(t, 1)[0]
-		require.Equal(t, stRejected, u.GetState())
+		require.Equal(t, agentv1.TaskState_TASK_STATE_EXPIRED, u.GetState(), "too late: expired, not rejected")
 		require.Equal(t, "task-1", u.GetTaskId())
 		require.Contains(t, u.GetReason(), "expired at 2025-06-01T12:05:00Z")
 		require.Zero(t, wiped.exec.executions(), "executed 0 times")

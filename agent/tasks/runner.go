@@ -18,8 +18,18 @@
 //     FAILED.
 //
 // A refusal at any step is reported as REJECTED with a reason that names the
-// rule. Tasks run one at a time in the order received; the queue is bounded
-// and a task that finds it full is rejected as busy.
+// rule, except a task that arrives after its expiry: EXPIRED. Tasks run one
+// at a time in the order received.
+//
+// A delivery the runner does not take at all (the queue is full, or the
+// agent is stopping) is dropped without a report. Its seq is not used up,
+// so the task can still run, and a terminal report would contradict that:
+// the control plane sends the tasks an agent has not accepted again when it
+// reconnects, possibly before it has read the report, and the task would
+// then run after it was recorded as rejected. Unreported, the task is sent
+// again on the agent's next connect while it is valid, or given up at its
+// expiry. A task already accepted when the agent stops is reported FAILED
+// (interrupted): it will never run, and the control plane may retry.
 package tasks
 
 import (
@@ -109,7 +119,8 @@ type Config struct {
 // Stats are the runner's counters since New.
 type Stats struct {
 	Received  uint64 // deliveries
-	Rejected  uint64 // reported REJECTED (any reason, busy included)
+	NotTaken  uint64 // dropped unreported: queue full, or stopping
+	Rejected  uint64 // reported REJECTED
 	Executed  uint64 // Execute calls
 	Succeeded uint64
 	Failed    uint64
@@ -129,7 +140,7 @@ type Runner struct {
 	started bool
 	stopped bool
 
-	received, rejected, executed, succeeded, failed atomic.Uint64
+	received, notTaken, rejected, executed, succeeded, failed atomic.Uint64
 }
 
 // New returns a runner; Start starts its worker.
@@ -165,8 +176,9 @@ func New(cfg Config) *Runner {
 	}
 }
 
-// Start reports a task that was interrupted by the agent's last exit (it is
-// not run again), then starts the worker. Calling it again does nothing.
+// Start reports a task that was interrupted by the agent's last exit, while
+// it ran or after it was accepted and before it started (it is not run
+// again), then starts the worker. Calling it again does nothing.
 func (r *Runner) Start() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -177,22 +189,24 @@ func (r *Runner) Start() {
 	if it, err := r.cfg.DB.InterruptedTask(); err != nil {
 		r.log.Error("cannot read the task that was running at the last exit", "err", err)
 	} else if it != nil {
-		since := ""
+		reason := "interrupted: tend-agent stopped after accepting the task and before starting it; it is not run"
 		if it.GetAt() != nil {
-			since = " (started " + it.GetAt().AsTime().UTC().Format(time.RFC3339) + ")"
+			reason = "interrupted: tend-agent stopped while the task was running (started " +
+				it.GetAt().AsTime().UTC().Format(time.RFC3339) + "); it is not run again"
 		}
-		r.log.Warn("a task was interrupted by the agent's last exit; it is not run again", "task_id", it.GetTaskId(), "seq", it.GetSeq())
+		r.log.Warn("a task was interrupted by the agent's last exit; it is not run again", "task_id", it.GetTaskId(), "seq", it.GetSeq(),
+			"started", it.GetAt() != nil)
 		r.failed.Add(1)
-		r.report(it.GetTaskId(), it.GetSeq(), agentv1.TaskState_TASK_STATE_FAILED,
-			"interrupted: tend-agent stopped while the task was running"+since+"; it is not run again", "", nil)
+		r.report(it.GetTaskId(), it.GetSeq(), agentv1.TaskState_TASK_STATE_FAILED, reason, "", nil)
 	}
 	r.wg.Add(1)
 	go r.worker()
 }
 
-// Stop cancels the task that is running (the executor is asked to stop it),
-// rejects the tasks still queued, and waits for the worker. Calling it again
-// does nothing. Stop the runner before closing the DB.
+// Stop cancels the task that is running (the executor is asked to stop it;
+// it is reported FAILED), drops the tasks still queued (see the package
+// comment), and waits for the worker. Calling it again does nothing. Stop
+// the runner before closing the DB.
 func (r *Runner) Stop() {
 	r.mu.Lock()
 	if r.stopped {
@@ -206,7 +220,7 @@ func (r *Runner) Stop() {
 	for {
 		select {
 		case d := <-r.queue:
-			r.rejectUnopened(d, errStopping())
+			r.notTake(d, "tend-agent is stopping")
 		default:
 			return
 		}
@@ -214,31 +228,42 @@ func (r *Runner) Stop() {
 }
 
 // Deliver queues a delivery for the worker. It never blocks: when the queue
-// is full (or the runner is stopped), the task is rejected as busy at once.
-// It is called from the stream's receiving goroutine.
+// is full (or the runner is stopped), the task is dropped unreported at once
+// (see the package comment). It is called from the stream's receiving
+// goroutine.
 func (r *Runner) Deliver(d *agentv1.TaskDelivery) {
 	r.received.Add(1)
-	var busy error
+	why := ""
 	r.mu.Lock() // so that nothing is queued after Stop has drained the queue
 	if r.stopped {
-		busy = errStopping()
+		why = "tend-agent is stopping"
 	} else {
 		select {
 		case r.queue <- d:
 		default:
-			busy = task.Reject(task.CodeBusy, "busy: %d tasks are already waiting on this agent; the task was not started", cap(r.queue))
+			why = fmt.Sprintf("busy: %d tasks are already waiting on this agent", cap(r.queue))
 		}
 	}
 	r.mu.Unlock()
-	if busy != nil {
-		r.rejectUnopened(d, busy)
+	if why != "" {
+		r.notTake(d, why)
 	}
+}
+
+// notTake drops a delivery that was not accepted, without a report: the
+// control plane sends it again on the next connect while it is valid.
+func (r *Runner) notTake(d *agentv1.TaskDelivery, why string) {
+	r.notTaken.Add(1)
+	id, seq := task.UntrustedID(d.GetEnvelope())
+	r.log.Warn("task not taken: it was not accepted and is not reported; the control plane sends it again when the agent reconnects",
+		"task_id", id, "seq", seq, "why", why)
 }
 
 // Stats returns the runner's counters.
 func (r *Runner) Stats() Stats {
 	return Stats{
 		Received:  r.received.Load(),
+		NotTaken:  r.notTaken.Load(),
 		Rejected:  r.rejected.Load(),
 		Executed:  r.executed.Load(),
 		Succeeded: r.succeeded.Load(),
@@ -246,9 +271,9 @@ func (r *Runner) Stats() Stats {
 	}
 }
 
-func errStopping() error {
-	return task.Reject(task.CodeBusy, "busy: tend-agent is stopping; the task was not started")
-}
+// stoppedBeforeStart is the reason of a task accepted and then not started
+// because the agent is stopping.
+const stoppedBeforeStart = "interrupted: tend-agent is stopping; the task was accepted and not started, and it is not run"
 
 func (r *Runner) worker() {
 	defer r.wg.Done()
@@ -258,7 +283,7 @@ func (r *Runner) worker() {
 			return
 		case d := <-r.queue:
 			if r.ctx.Err() != nil { // both were ready: stopping wins
-				r.rejectUnopened(d, errStopping())
+				r.notTake(d, "tend-agent is stopping")
 				return
 			}
 			r.handle(d)
@@ -280,7 +305,7 @@ func (r *Runner) handle(d *agentv1.TaskDelivery) {
 	}
 	// The task is genuine, ours, fresh and in its window: use up its seq
 	// before anything else can happen.
-	if err := r.cfg.DB.AcceptTask(seq); err != nil {
+	if err := r.cfg.DB.AcceptTask(id, seq); err != nil {
 		if errors.Is(err, state.ErrTaskReplay) {
 			err = task.Reject(task.CodeReplay, "replay: seq %d ≤ high-water mark %d", seq, r.cfg.DB.TaskHighWater())
 		} else {
@@ -296,22 +321,30 @@ func (r *Runner) handle(d *agentv1.TaskDelivery) {
 		return
 	}
 	if r.ctx.Err() != nil {
-		r.reject(id, seq, t.GetAction(), errStopping())
+		r.failStopping(id, seq)
 		return
 	}
 	vctx, cancel := context.WithTimeout(r.ctx, ValidateTimeout)
 	err = r.cfg.Exec.Validate(vctx, t.GetAction(), t.GetParams())
 	cancel()
 	if err != nil && r.ctx.Err() != nil {
-		err = errStopping()
-	} else if err != nil {
-		err = task.Reject(task.CodeInvalidParams, "invalid parameters for %s: %v", t.GetAction(), err)
+		r.failStopping(id, seq)
+		return
 	}
 	if err != nil {
-		r.reject(id, seq, t.GetAction(), err)
+		r.reject(id, seq, t.GetAction(), task.Reject(task.CodeInvalidParams, "invalid parameters for %s: %v", t.GetAction(), err))
 		return
 	}
 	r.execute(t)
+}
+
+// failStopping reports an accepted task that was not started because the
+// agent is stopping: FAILED, not REJECTED, since nothing is wrong with the
+// task and the control plane may try again.
+func (r *Runner) failStopping(id string, seq uint64) {
+	r.failed.Add(1)
+	r.log.Warn("task not started: tend-agent is stopping", "task_id", id, "seq", seq)
+	r.report(id, seq, agentv1.TaskState_TASK_STATE_FAILED, stoppedBeforeStart, "", nil)
 }
 
 func (r *Runner) execute(t *taskv1.Task) {
@@ -360,11 +393,18 @@ func (r *Runner) rejectUnopened(d *agentv1.TaskDelivery, err error) {
 	r.reject(id, seq, "", err)
 }
 
+// reject reports a refused task: REJECTED, or EXPIRED for a task that came
+// after its expiry (nothing is wrong with it, it came too late: the control
+// plane may send a new one, where a rejection is final).
 func (r *Runner) reject(id string, seq uint64, action string, err error) {
 	r.rejected.Add(1)
 	code := task.CodeOf(err)
 	r.log.Warn("task rejected", "task_id", id, "seq", seq, "action", action, "code", string(code), "reason", err.Error())
-	r.report(id, seq, agentv1.TaskState_TASK_STATE_REJECTED, err.Error(), "", nil)
+	state := agentv1.TaskState_TASK_STATE_REJECTED
+	if code == task.CodeExpired {
+		state = agentv1.TaskState_TASK_STATE_EXPIRED
+	}
+	r.report(id, seq, state, err.Error(), "", nil)
 }
 
 // report writes a task update to the outbox and wakes the stream.

@@ -54,6 +54,10 @@ type fakeExec struct {
 	err         error
 	block       chan struct{}
 	started     chan string
+	// validateBlock, if set, holds Validate until it is closed or its
+	// context ends; validating is told when Validate starts.
+	validateBlock chan struct{}
+	validating    chan struct{}
 }
 
 type execCall struct {
@@ -65,16 +69,26 @@ type execCall struct {
 
 func newFakeExec() *fakeExec {
 	return &fakeExec{
-		resp:    &pluginv1.ExecuteResponse{Success: true, Output: "restarted nginx (pid 4242)", Metrics: map[string]float64{"pid": 4242}},
-		started: make(chan string, 64),
+		resp:       &pluginv1.ExecuteResponse{Success: true, Output: "restarted nginx (pid 4242)", Metrics: map[string]float64{"pid": 4242}},
+		started:    make(chan string, 64),
+		validating: make(chan struct{}, 64),
 	}
 }
 
 func (f *fakeExec) Validate(ctx context.Context, action string, params *structpb.Struct) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.validated++
-	return f.validateErr
+	block, err := f.validateBlock, f.validateErr
+	f.mu.Unlock()
+	f.validating <- struct{}{}
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
 }
 
 func (f *fakeExec) Execute(ctx context.Context, action string, params *structpb.Struct, taskID string, timeout time.Duration) (*pluginv1.ExecuteResponse, error) {
@@ -305,7 +319,7 @@ func TestCrashWhileRunningIsReportedNotRerun(t *testing.T) {
 	// The agent died in the middle of task 5: RUNNING is in the outbox,
 	// the seq is used up.
 	h := startRunner(t, func(h *harness) {
-		require.NoError(t, h.db.AcceptTask(5))
+		require.NoError(t, h.db.AcceptTask("task-5", 5))
 		require.NoError(t, h.db.PutTaskUpdate(&agentv1.TaskUpdate{TaskId: "task-5", Seq: 5, State: stRunning, At: timestamppb.New(t0.Add(-time.Minute))}))
 	})
 	us := h.waitUpdates(t, 2)
@@ -322,8 +336,30 @@ func TestCrashWhileRunningIsReportedNotRerun(t *testing.T) {
 	require.Zero(t, h.exec.executions())
 }
 
-// Each forgery or refusal is REJECTED with its own reason, and nothing is
-// executed.
+func TestCrashAfterAcceptIsReportedNotRun(t *testing.T) {
+	// The agent died right after using up task 5's seq: nothing was run
+	// or reported. The next start reports it failed, so the control plane
+	// can retry at once rather than wait for the task's expiry.
+	h := startRunner(t, func(h *harness) {
+		require.NoError(t, h.db.AcceptTask("task-5", 5))
+	})
+	us := h.waitUpdates(t, 1)
+	require.Equal(t, []agentv1.TaskState{stFailed}, states(us))
+	require.Equal(t, "task-5", us[0].GetTaskId())
+	require.Equal(t, uint64(5), us[0].GetSeq())
+	require.Equal(t, "interrupted: tend-agent stopped after accepting the task and before starting it; it is not run", us[0].GetReason())
+	it, err := h.db.InterruptedTask()
+	require.NoError(t, err)
+	require.Nil(t, it, "reported once")
+
+	h.deliver(h.seal(t, nginxTask(t, 5)))
+	us = h.waitUpdates(t, 2)
+	require.Equal(t, stRejected, us[1].GetState())
+	require.Zero(t, h.exec.executions())
+}
+
+// Each forgery or refusal is REJECTED (a task too late: EXPIRED) with its
+// own reason, and nothing is executed.
 func TestRejections(t *testing.T) {
 	other := newKey(t)
 	tests := []struct {
@@ -334,6 +370,9 @@ func TestRejections(t *testing.T) {
 		reason   string
 		taskID   string
 		consumes bool // the seq is used up (high-water mark moves)
+		// state reported (default REJECTED): a task that came too late is
+		// EXPIRED, which the control plane may retry.
+		state agentv1.TaskState
 	}{
 		{
 			name: "flipped byte",
@@ -395,7 +434,7 @@ func TestRejections(t *testing.T) {
 				tk.ExpiresAt = timestamppb.New(t0.Add(-10 * time.Minute))
 				return h.seal(t, tk)
 			},
-			reason: "expired at 2025-06-01T11:50:00Z", taskID: "task-1",
+			reason: "expired at 2025-06-01T11:50:00Z", taskID: "task-1", state: agentv1.TaskState_TASK_STATE_EXPIRED,
 		},
 		{
 			name: "not yet valid",
@@ -465,7 +504,11 @@ func TestRejections(t *testing.T) {
 			h.deliver(tc.env(t, h))
 			us := h.waitUpdates(t, 1)
 			u := us[0]
-			require.Equal(t, stRejected, u.GetState())
+			want := stRejected
+			if tc.state != agentv1.TaskState_TASK_STATE_UNSPECIFIED {
+				want = tc.state
+			}
+			require.Equal(t, want, u.GetState())
 			require.Contains(t, u.GetReason(), tc.reason)
 			require.Equal(t, tc.taskID, u.GetTaskId())
 			require.Zero(t, h.exec.executions(), "executed 0 times")
@@ -557,41 +600,43 @@ func TestExecutorThatOverrunsIsCutOff(t *testing.T) {
 	require.Equal(t, 30*time.Millisecond, h.exec.calls[0].timeout)
 }
 
-func TestQueueFullRejectsBusy(t *testing.T) {
+// A delivery that finds the queue full is not accepted (its seq is not
+// used up) and not reported: a terminal report of a task that can still
+// run could be contradicted by its resend. The control plane sends it again
+// on the next connect.
+func TestQueueFullDropsUnreported(t *testing.T) {
 	h := startRunner(t, func(h *harness) { h.cfg.QueueSize = 1 })
 	block := make(chan struct{})
 	h.exec.set(func(f *fakeExec) { f.block = block })
 	h.deliver(h.seal(t, nginxTask(t, 1)))
 	<-h.exec.started                      // task 1 runs
 	h.deliver(h.seal(t, nginxTask(t, 2))) // queued
-	h.deliver(h.seal(t, nginxTask(t, 3))) // no room
-	require.Eventually(t, func() bool {
-		us, _ := h.db.PendingTaskUpdates()
-		for _, u := range us {
-			if u.GetTaskId() == "task-3" {
-				require.Equal(t, stRejected, u.GetState())
-				require.Equal(t, "busy: 1 tasks are already waiting on this agent; the task was not started", u.GetReason())
-				require.Equal(t, uint64(3), u.GetSeq())
-				return true
-			}
-		}
-		return false
-	}, waitFor, tick)
+	task3 := h.seal(t, nginxTask(t, 3))
+	h.deliver(task3) // no room
+	require.Eventually(t, func() bool { return h.r.Stats().NotTaken == 1 }, waitFor, tick)
 	close(block)
-	us := h.waitUpdates(t, 5)
+	us := h.waitUpdates(t, 4)
 	var got []string
 	for _, u := range us {
 		got = append(got, u.GetTaskId()+"/"+u.GetState().String())
 	}
 	require.Equal(t, []string{
-		"task-1/TASK_STATE_RUNNING", "task-3/TASK_STATE_REJECTED", "task-1/TASK_STATE_SUCCEEDED",
+		"task-1/TASK_STATE_RUNNING", "task-1/TASK_STATE_SUCCEEDED",
 		"task-2/TASK_STATE_RUNNING", "task-2/TASK_STATE_SUCCEEDED",
-	}, got, "tasks run one at a time, in order")
-	require.Equal(t, 2, h.exec.executions())
-	require.Equal(t, uint64(2), h.db.TaskHighWater(), "a busy task uses up no seq")
+	}, got, "tasks run one at a time, in order; task 3 is not reported")
+	require.Equal(t, uint64(2), h.db.TaskHighWater(), "a task not taken uses up no seq")
+
+	h.deliver(task3) // sent again (on a reconnect): it runs
+	us = h.waitUpdates(t, 6)
+	require.Equal(t, "task-3", us[5].GetTaskId())
+	require.Equal(t, stSucceeded, us[5].GetState())
+	require.Equal(t, 3, h.exec.executions())
 }
 
-func TestStopInterruptsRunningTaskAndRejectsQueued(t *testing.T) {
+// Stop: the running task is reported interrupted (FAILED: the control plane
+// may retry), a queued one and a later delivery are dropped unreported
+// (not accepted: they run when sent again after the restart).
+func TestStopInterruptsRunningTaskAndDropsQueued(t *testing.T) {
 	h := startRunner(t, nil)
 	h.exec.set(func(f *fakeExec) { f.block = make(chan struct{}) })
 	h.deliver(h.seal(t, nginxTask(t, 1)))
@@ -600,17 +645,36 @@ func TestStopInterruptsRunningTaskAndRejectsQueued(t *testing.T) {
 	h.r.Stop()
 	us, err := h.db.PendingTaskUpdates()
 	require.NoError(t, err)
-	require.Equal(t, []agentv1.TaskState{stRunning, stFailed, stRejected}, states(us))
+	require.Equal(t, []agentv1.TaskState{stRunning, stFailed}, states(us))
 	require.Contains(t, us[1].GetReason(), "interrupted: tend-agent is stopping")
-	require.Equal(t, "task-2", us[2].GetTaskId())
-	require.Contains(t, us[2].GetReason(), "busy: tend-agent is stopping")
 
 	h.deliver(h.seal(t, nginxTask(t, 3)))
 	us, err = h.db.PendingTaskUpdates()
 	require.NoError(t, err)
-	require.Len(t, us, 4, "a delivery after Stop is rejected at once")
+	require.Len(t, us, 2, "a delivery after Stop is dropped at once")
+	require.Equal(t, uint64(2), h.r.Stats().NotTaken)
+	require.Equal(t, uint64(1), h.db.TaskHighWater(), "only task 1 was accepted")
 	require.Equal(t, 1, h.exec.executions())
 	h.r.Stop() // idempotent
+}
+
+// A task accepted and not started when the agent stops (here: stopped while
+// the plugin validates its parameters) is reported FAILED, not REJECTED:
+// nothing is wrong with it, and its seq is used up, so it never runs.
+func TestStopBeforeStartReportsFailed(t *testing.T) {
+	h := startRunner(t, nil)
+	block := make(chan struct{})
+	h.exec.set(func(f *fakeExec) { f.validateBlock = block })
+	h.deliver(h.seal(t, nginxTask(t, 1)))
+	<-h.exec.validating
+	h.r.Stop()
+	close(block)
+	us, err := h.db.PendingTaskUpdates()
+	require.NoError(t, err)
+	require.Equal(t, []agentv1.TaskState{stFailed}, states(us))
+	require.Equal(t, stoppedBeforeStart, us[0].GetReason())
+	require.Equal(t, uint64(1), h.db.TaskHighWater())
+	require.Zero(t, h.exec.executions())
 }
 
 func TestKeysAreReadPerTask(t *testing.T) {

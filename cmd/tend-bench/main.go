@@ -163,6 +163,7 @@ func run(ctx context.Context) int {
 			AgentBin: filepath.Join(absBin, "tend-agent"), PluginDir: absBin,
 			Spawn:  bench.SpawnOptions{Command: []string{filepath.Join(absBin, "tend-controlplane")}, Args: []string{"--log-level", "warn"}},
 			Checks: 10, Interval: cfg.Interval, Warmup: 30 * time.Second, Duration: cfg.Duration, Sample: 5 * time.Second, Log: log,
+			PerfRecord: cfg.Spawn.Perf, ProfileDir: profileDir,
 		})
 		if err != nil {
 			log.Error("agent footprint", "err", err)

@@ -2,9 +2,7 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"slices"
 	"time"
 
@@ -132,19 +130,10 @@ func (a *Authorizer) authorize(ctx context.Context, method string) (context.Cont
 	return context.WithValue(ctx, identityKey{}, id), nil
 }
 
-func (a *Authorizer) recovered(method string, r any) error {
-	a.Log.Error("panic in handler", "method", method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-	return status.Errorf(codes.Internal, "internal error in %s", method)
-}
-
-// Unary is the unary interceptor: panic recovery, then authorization.
-func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = a.recovered(info.FullMethod, r)
-		}
-	}()
-	ctx, err = a.authorize(ctx, info.FullMethod)
+// Unary is the unary interceptor: authorization (panics are Recoverer's,
+// chained before it).
+func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	ctx, err := a.authorize(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
 	}
@@ -158,13 +147,9 @@ type wrappedStream struct {
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
 
-// Stream is the stream interceptor: panic recovery, then authorization.
-func (a *Authorizer) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = a.recovered(info.FullMethod, r)
-		}
-	}()
+// Stream is the stream interceptor: authorization (panics are Recoverer's,
+// chained before it).
+func (a *Authorizer) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	ctx, err := a.authorize(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err

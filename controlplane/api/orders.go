@@ -69,6 +69,9 @@ func standingOrder(lp loadedPolicy, agentID string, labels map[string]string, ke
 	if err != nil {
 		return nil, fmt.Errorf("remediation params: %w", err)
 	}
+	if err := policy.ValidateParamsFor(rem.Action, sub.(map[string]any)); err != nil {
+		return nil, fmt.Errorf("remediation params: %w", err)
+	}
 	params, err := structpb.NewStruct(sub.(map[string]any))
 	if err != nil {
 		return nil, fmt.Errorf("remediation params: %w", err)

@@ -256,3 +256,24 @@ func TestFlushWritesOnlyChangedAgents(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 7, got.OutboxDropped)
 }
+
+func TestListSortedByNameAfterAdds(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, time.Minute, time.Second)
+	enroll(t, st, r, "a2", "web-b")
+	enroll(t, st, r, "a1", "web-c")
+	names := func() []string {
+		var out []string
+		for _, a := range r.List() {
+			out = append(out, a.Name)
+		}
+		return out
+	}
+	require.Equal(t, []string{"web-b", "web-c"}, names())
+	enroll(t, st, r, "a3", "web-a")
+	require.Equal(t, []string{"web-a", "web-b", "web-c"}, names())
+	// Copies, not the registry's own entries.
+	l := r.List()
+	l[0].Status = "bogus"
+	require.NotEqual(t, "bogus", status(r, "a3"))
+}

@@ -131,6 +131,11 @@ func (m *Manager) taskParams(tr *track, p *policy.Policy) (params, error) {
 		return params{}, fmt.Errorf("remediation params of %s: %w", p.Name(), err)
 	}
 	values := sub.(map[string]any)
+	// Checked again after substitution, against the action's schema:
+	// label values come from agents and are hostile.
+	if err := policy.ValidateParamsFor(p.Spec.Remediation.Action, values); err != nil {
+		return params{}, fmt.Errorf("remediation params of %s for this agent: %w", p.Name(), err)
+	}
 	b, err := json.Marshal(values)
 	if err != nil {
 		return params{}, fmt.Errorf("remediation params of %s: %w", p.Name(), err)

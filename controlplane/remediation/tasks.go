@@ -93,6 +93,7 @@ func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 		m.escalate(tr, fmt.Sprintf("could not create the task: %v", err))
 		return
 	}
+	failpoint.Inject(failpoint.CPAfterTaskPersist)
 	tr.task = &stored
 	tr.inc.Attempts = attempt
 	m.running[p.Name()]++

@@ -1,13 +1,17 @@
 package bench
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -26,7 +30,11 @@ type FootprintConfig struct {
 	Warmup    time.Duration
 	Duration  time.Duration
 	Sample    time.Duration
-	Log       *slog.Logger
+	// PerfRecord, if set (the perf binary), runs the agent under `perf
+	// record -g` into ProfileDir/agent.perf.data, for `perf report`.
+	PerfRecord string
+	ProfileDir string
+	Log        *slog.Logger
 }
 
 // FootprintResult is what the agent used.
@@ -44,6 +52,10 @@ type FootprintResult struct {
 	PluginRSSBytes         uint64  `json:"pluginRssBytes"`
 	Plugins                int     `json:"plugins"`
 	ResultsStored          uint64  `json:"resultsStored"`
+	// Mappings: the resident memory by what is mapped (the binary's code
+	// and data, the agent's database, anonymous memory), largest first.
+	Mappings []Mapping `json:"mappings"`
+	Profile  string    `json:"profile,omitempty"`
 }
 
 // footprintChecks is a typical host's mix: disks, ports, an HTTP health
@@ -138,7 +150,16 @@ func Footprint(ctx context.Context, cfg FootprintConfig) (*FootprintResult, erro
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(cfg.AgentBin, "--config", cfgPath, "--token", tok.GetToken(), "--log-level", "warn")
+	argv := []string{cfg.AgentBin, "--config", cfgPath, "--token", tok.GetToken(), "--log-level", "warn"}
+	perfData := ""
+	if cfg.PerfRecord != "" && cfg.ProfileDir != "" {
+		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
+			return nil, err
+		}
+		perfData = filepath.Join(cfg.ProfileDir, "agent.perf.data")
+		argv = append([]string{cfg.PerfRecord, "record", "-g", "-F", "499", "-o", perfData, "--"}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -147,6 +168,19 @@ func Footprint(ctx context.Context, cfg FootprintConfig) (*FootprintResult, erro
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	pid := cmd.Process.Pid
+	if perfData != "" {
+		pid = 0
+		for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if kids := childPIDs(cmd.Process.Pid); len(kids) > 0 {
+				pid = kids[0]
+			}
+		}
+		if pid == 0 {
+			_ = cmd.Process.Kill()
+			<-done
+			return nil, errors.New("perf did not start tend-agent")
+		}
+	}
 	defer func() {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 		select {
@@ -226,6 +260,8 @@ func Footprint(ctx context.Context, cfg FootprintConfig) (*FootprintResult, erro
 	if r, err := admin.ListAgents(ctx, &adminv1.ListAgentsRequest{}); err == nil && len(r.GetAgents()) == 1 {
 		res.ResultsStored = r.GetAgents()[0].GetResultsStored()
 	}
+	res.Mappings = residentByMapping(pid)
+	res.Profile = perfData
 	return res, nil
 }
 
@@ -240,4 +276,60 @@ func WriteFootprint(w io.Writer, r *FootprintResult) {
 		fmt.Fprintf(w, "    plugins        %d process(es), RSS %s (started at agent start for the allowed actions)\n", r.Plugins, kb(r.PluginRSSBytes))
 	}
 	fmt.Fprintf(w, "    results stored %d\n", r.ResultsStored)
+	for i, m := range r.Mappings {
+		if i == 5 {
+			break
+		}
+		fmt.Fprintf(w, "    resident       %s %s\n", kb(m.RSS), m.Name)
+	}
+	if r.Profile != "" {
+		fmt.Fprintf(w, "    profile        perf report -i %s --no-children --sort symbol\n", r.Profile)
+	}
+}
+
+// Mapping is the resident memory of what one or more mappings map.
+type Mapping struct {
+	Name string `json:"name"`
+	RSS  uint64 `json:"rssBytes"`
+}
+
+// residentByMapping sums /proc/PID/smaps's Rss by mapped file ("[anon]"
+// for anonymous memory, heap and stacks included).
+func residentByMapping(pid int) []Mapping {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	by := map[string]uint64{}
+	name := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		if strings.Contains(fields[0], "-") && len(fields) >= 5 {
+			// A mapping header: range perms offset dev inode [path].
+			name = "[anon]"
+			if len(fields) >= 6 {
+				name = fields[5]
+				if strings.HasPrefix(name, "[") {
+					name = "[anon]"
+				}
+			}
+			continue
+		}
+		if fields[0] == "Rss:" && len(fields) >= 2 {
+			n, _ := strconv.ParseUint(fields[1], 10, 64)
+			by[name] += n << 10
+		}
+	}
+	out := make([]Mapping, 0, len(by))
+	for k, v := range by {
+		out = append(out, Mapping{Name: k, RSS: v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].RSS > out[j].RSS })
+	return out
 }

@@ -53,6 +53,8 @@ func WriteTable(w io.Writer, r *Result) {
 	if rr := r.Restart; rr != nil {
 		row("T8", fmt.Sprintf("%d/%d in %.1f s after ready (p50 %.1f s, p90 %.1f s); %s, down %.1f s",
 			rr.Reconnected, rr.Agents, rr.AllSeconds, rr.P50Seconds, rr.P90Seconds, rr.Signal, rr.DownSeconds))
+		fmt.Fprintf(tw, "\t  of which dial to Welcome\tp50 %.0f ms, p99 %.0f ms; last dial %.1f s after ready\t\n",
+			rr.DialToWelcomeP50Ms, rr.DialToWelcomeP99Ms, rr.LastDialSeconds)
 	} else {
 		row("T8", "not run (--restart term|kill)")
 	}
@@ -65,8 +67,14 @@ func WriteTable(w io.Writer, r *Result) {
 		r.CommitsPerSecond, r.ResultsPerCommit, r.CommitMs, r.SlowCommits, r.ResultsPerBatch, r.HeartbeatsPerSec, r.FsyncMethod)
 	fmt.Fprintf(w, "remediation: %d triggers, %d tasks in the window; %d tasks rejected, %d failures given up without a task\n",
 		r.Triggers, r.Tasks, r.TaskRejects, r.Unremediated)
-	fmt.Fprintf(w, "consistency: %d results produced, %d stored once, %d duplicates, %d unacknowledged, %d task updates unacknowledged, %d drops, %d failed connects\n",
-		r.TotalGenerated, r.TotalStored, r.TotalDuplicates, r.Unacked, r.UnackedUpdates, r.Drops, r.ConnectErrors)
+	fmt.Fprintf(w, "consistency: %d results produced, %d stored once (%d of them acknowledged by a Welcome after a restart), %d duplicates, %d unacknowledged, %d task updates unacknowledged, %d drops, %d failed connects\n",
+		r.TotalGenerated, r.TotalStored, r.AckedOnWelcome, r.TotalDuplicates, r.Unacked, r.UnackedUpdates, r.Drops, r.ConnectErrors)
+	for i, e := range r.ConnectErrorReasons {
+		if i == 5 {
+			break
+		}
+		fmt.Fprintf(w, "failed connect: %s\n", e)
+	}
 	fmt.Fprintf(w, "bench process: %.0f%% of a core, RSS %s; machine: load %.1f, something waited for a CPU %.0f%% and for I/O %.0f%% of the window (PSI)\n",
 		r.BenchCPUPercent, kb(r.BenchRSSBytes), r.LoadAverage, r.MachineCPUPressure, r.MachineIOPressure)
 	for _, p := range r.Profiles {

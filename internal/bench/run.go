@@ -224,12 +224,16 @@ type Result struct {
 	TotalGenerated  uint64 `json:"totalGenerated"`
 	TotalStored     uint64 `json:"totalStored"`
 	TotalDuplicates uint64 `json:"totalDuplicates"`
-	Unacked         int    `json:"unacked"`
-	UnackedUpdates  int    `json:"unackedTaskUpdates"`
-	TotalTriggers   uint64 `json:"totalTriggers"`
-	TotalTasks      uint64 `json:"totalTasks"`
-	TaskRejects     uint64 `json:"taskRejects"`
-	Unremediated    uint64 `json:"unremediated"`
+	// AckedOnWelcome: results found durable on reconnect (the control
+	// plane stopped between their commit and their ack); in TotalStored.
+	AckedOnWelcome      uint64   `json:"ackedOnWelcome"`
+	ConnectErrorReasons []string `json:"connectErrorReasons,omitempty"`
+	Unacked             int      `json:"unacked"`
+	UnackedUpdates      int      `json:"unackedTaskUpdates"`
+	TotalTriggers       uint64   `json:"totalTriggers"`
+	TotalTasks          uint64   `json:"totalTasks"`
+	TaskRejects         uint64   `json:"taskRejects"`
+	Unremediated        uint64   `json:"unremediated"`
 
 	// Timeline: per second of the window, results acknowledged and the
 	// slowest acknowledgement.
@@ -254,6 +258,11 @@ type RestartResult struct {
 	P90Seconds   float64 `json:"p90Seconds"`
 	Reconnected  int     `json:"reconnected"`
 	Agents       int     `json:"agents"`
+	// How long the successful dials took to get Welcome (TCP, TLS, Hello),
+	// and when the last of them began (after ready): the backoff's share.
+	DialToWelcomeP50Ms float64 `json:"dialToWelcomeP50Ms"`
+	DialToWelcomeP99Ms float64 `json:"dialToWelcomeP99Ms"`
+	LastDialSeconds    float64 `json:"lastDialSeconds"`
 }
 
 // Label is the selector label of the bench's policies and agents.
@@ -649,7 +658,9 @@ func (r *Runner) Run(ctx context.Context, n int) (res *Result, err error) {
 	res.Drops = end.Drops
 	res.ConnectErrors = end.ConnectErrs
 	res.TotalGenerated = end.Generated
-	res.TotalStored = end.Stored
+	res.TotalStored = end.Stored + end.AckedOnWelcome
+	res.AckedOnWelcome = end.AckedOnWelcome
+	res.ConnectErrorReasons = sim.connectErrors()
 	res.TotalDuplicates = end.Duplicates
 	res.TotalTriggers = end.Triggers
 	res.TotalTasks = end.Tasks
@@ -710,9 +721,9 @@ func restart(ctx context.Context, cfg Config, cp *ControlPlane, sim *simFleet, n
 	rr := &RestartResult{Signal: name, Agents: n, DownSeconds: up.Sub(t0).Seconds()}
 	deadline := up.Add(cfg.RestartTimeout)
 	lastLog := time.Now()
-	var times []time.Time
+	var times, dials []time.Time
 	for {
-		times = sim.reconnectedSince(t0)
+		times, dials = sim.reconnectedSince(t0)
 		if len(times) >= n || time.Now().After(deadline) {
 			break
 		}
@@ -726,6 +737,15 @@ func restart(ctx context.Context, cfg Config, cp *ControlPlane, sim *simFleet, n
 	}
 	rr.Reconnected = len(times)
 	if len(times) > 0 {
+		handshake := make([]time.Duration, len(times))
+		for i := range times {
+			handshake[i] = times[i].Sub(dials[i])
+		}
+		sort.Slice(handshake, func(i, j int) bool { return handshake[i] < handshake[j] })
+		rr.DialToWelcomeP50Ms = ms(handshake[(len(handshake)-1)/2])
+		rr.DialToWelcomeP99Ms = ms(handshake[(len(handshake)-1)*99/100])
+		sort.Slice(dials, func(i, j int) bool { return dials[i].Before(dials[j]) })
+		rr.LastDialSeconds = dials[len(dials)-1].Sub(up).Seconds()
 		sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
 		after := func(t time.Time) float64 { return max(t.Sub(up).Seconds(), 0) }
 		rr.P50Seconds = after(times[(len(times)-1)/2])

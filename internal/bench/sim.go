@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"sort"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -45,6 +47,8 @@ type Counters struct {
 	TaskUpdatesAcked atomic.Uint64
 	Unremediated     atomic.Uint64 // failure episodes given up without a task
 
+	AckedOnWelcome atomic.Uint64 // results found durable by a Welcome (their ack was lost)
+
 	Connects    atomic.Uint64 // sessions that got a Welcome
 	Drops       atomic.Uint64 // sessions that ended unexpectedly
 	ConnectErrs atomic.Uint64 // sessions that ended before Welcome
@@ -57,6 +61,7 @@ type counterSnapshot struct {
 	Triggers, Tasks, TaskDuplicates, TaskRejects         uint64
 	TaskUpdatesSent, TaskUpdatesAcked, Unremediated      uint64
 	Connects, Drops, ConnectErrs                         uint64
+	AckedOnWelcome                                       uint64
 }
 
 func (c *Counters) snapshot() counterSnapshot {
@@ -66,6 +71,7 @@ func (c *Counters) snapshot() counterSnapshot {
 		Triggers: c.Triggers.Load(), Tasks: c.Tasks.Load(), TaskDuplicates: c.TaskDuplicates.Load(), TaskRejects: c.TaskRejects.Load(),
 		TaskUpdatesSent: c.TaskUpdatesSent.Load(), TaskUpdatesAcked: c.TaskUpdatesAcked.Load(), Unremediated: c.Unremediated.Load(),
 		Connects: c.Connects.Load(), Drops: c.Drops.Load(), ConnectErrs: c.ConnectErrs.Load(),
+		AckedOnWelcome: c.AckedOnWelcome.Load(),
 	}
 }
 
@@ -104,6 +110,48 @@ type simFleet struct {
 	mu     sync.Mutex
 	agents []*simAgent
 	wg     sync.WaitGroup
+
+	errMu sync.Mutex
+	errs  map[string]int // why sessions failed before Welcome
+}
+
+// noteErr counts why a session failed before Welcome.
+func (s *simFleet) noteErr(step string, err error) {
+	msg := step
+	if err != nil {
+		msg += ": " + status.Convert(err).Message()
+		if len(msg) > 120 {
+			msg = msg[:120]
+		}
+	}
+	s.errMu.Lock()
+	if s.errs == nil {
+		s.errs = map[string]int{}
+	}
+	if len(s.errs) < 20 || s.errs[msg] > 0 {
+		s.errs[msg]++
+	}
+	s.errMu.Unlock()
+}
+
+// connectErrors returns the reasons sessions failed, most frequent first.
+func (s *simFleet) connectErrors() []string {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	type kv struct {
+		k string
+		n int
+	}
+	var l []kv
+	for k, n := range s.errs {
+		l = append(l, kv{k, n})
+	}
+	sort.Slice(l, func(i, j int) bool { return l[i].n > l[j].n })
+	out := make([]string, 0, len(l))
+	for _, e := range l {
+		out = append(out, fmt.Sprintf("%d x %s", e.n, e.k))
+	}
+	return out
 }
 
 func newSimFleet(server string, f *Fleet, o simOptions) *simFleet {
@@ -187,18 +235,18 @@ func (s *simFleet) pending() (results, updates int) {
 	return results, updates
 }
 
-// reconnectedSince counts agents connected on a session that began after t,
-// and returns their connect times.
-func (s *simFleet) reconnectedSince(t time.Time) []time.Time {
-	var out []time.Time
+// reconnectedSince returns, for the agents connected on a session that
+// began after t, when they got Welcome and when they dialed.
+func (s *simFleet) reconnectedSince(t time.Time) (welcomes, dials []time.Time) {
 	s.each(func(a *simAgent) {
 		a.mu.Lock()
 		if a.connected && a.lastWelcome.After(t) {
-			out = append(out, a.lastWelcome)
+			welcomes = append(welcomes, a.lastWelcome)
+			dials = append(dials, a.lastDial)
 		}
 		a.mu.Unlock()
 	})
-	return out
+	return welcomes, dials
 }
 
 // simAgent is one simulated agent: its own TCP connection, TLS session and
@@ -223,6 +271,7 @@ type simAgent struct {
 	anchor      time.Time // aligned checks: when the agent's checks run
 	connected   bool
 	lastWelcome time.Time
+	lastDial    time.Time // when the session that got lastWelcome was dialed
 }
 
 type outResult struct {
@@ -329,8 +378,10 @@ func (a *simAgent) dial() (*grpc.ClientConn, error) {
 // session runs one connection; it returns how long it was up after
 // Welcome (0 if it never got one).
 func (a *simAgent) session(ctx context.Context) time.Duration {
+	dialed := time.Now()
 	conn, err := a.dial()
 	if err != nil {
+		a.s.noteErr("dial", err)
 		return 0
 	}
 	defer conn.Close()
@@ -338,6 +389,7 @@ func (a *simAgent) session(ctx context.Context) time.Duration {
 	defer cancel()
 	st, err := agentv1.NewAgentServiceClient(conn).Connect(sctx)
 	if err != nil {
+		a.s.noteErr("connect", err)
 		return 0
 	}
 	a.mu.Lock()
@@ -350,19 +402,25 @@ func (a *simAgent) session(ctx context.Context) time.Duration {
 	}
 	a.mu.Unlock()
 	if err := st.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		a.s.noteErr("hello", err)
 		return 0
 	}
 	timer := time.AfterFunc(30*time.Second, cancel)
 	m, err := st.Recv()
 	timer.Stop()
 	if err != nil || m.GetWelcome() == nil {
+		a.s.noteErr("welcome", err)
 		return 0
 	}
 	w := m.GetWelcome()
 	now := time.Now()
 	a.mu.Lock()
 	through := w.GetResultsAckedThrough()
+	// Results the control plane made durable without the agent hearing
+	// of it (the control plane stopped between commit and ack).
+	before := len(a.outbox)
 	a.trimOutbox(through)
+	a.s.c.AckedOnWelcome.Add(uint64(before - len(a.outbox)))
 	a.seq = max(a.seq, through)
 	a.sentTo = through
 	a.inflight = a.inflight[:0]
@@ -370,7 +428,7 @@ func (a *simAgent) session(ctx context.Context) time.Duration {
 		u.sent = false
 	}
 	a.connected = true
-	a.lastWelcome = now
+	a.lastWelcome, a.lastDial = now, dialed
 	a.mu.Unlock()
 	a.s.connected.Add(1)
 	a.s.c.Connects.Add(1)

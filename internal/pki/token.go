@@ -75,7 +75,9 @@ func ParseToken(s string) (id, secret, pin string, err error) {
 	id, secret, pinHex := parts[0], parts[1], strings.TrimPrefix(parts[2], "sha256:")
 	switch {
 	case !tokenIDRe.MatchString(id):
-		return "", "", "", fmt.Errorf("join token id %q must be 6 characters [a-z0-9]", id)
+		// The id is not echoed: a token pasted in the wrong order would
+		// put its secret here.
+		return "", "", "", fmt.Errorf("join token id must be 6 characters [a-z0-9], got %d byte(s)", len(id))
 	case !tokenSecretRe.MatchString(secret):
 		return "", "", "", fmt.Errorf("join token secret must be 16 characters [a-z0-9]")
 	case !pinHexRe.MatchString(pinHex):

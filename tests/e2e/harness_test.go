@@ -77,10 +77,16 @@ type proc struct {
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return launch(t, name, exec.Command(bin(strings.Fields(name)[0]), args...))
+}
+
+// launch starts cmd (its output goes to a log file in the test's temp dir)
+// in its own process group; it is stopped by pid at test cleanup.
+func launch(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), strings.ReplaceAll(name, "/", "_")+".log")
 	f, err := os.Create(logPath)
 	require.NoError(t, err)
-	cmd := exec.Command(bin(strings.Fields(name)[0]), args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	require.NoError(t, cmd.Start())

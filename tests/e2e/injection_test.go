@@ -196,8 +196,29 @@ metadata: {name: inj-watch}
 spec:
   selector: {matchLabels: {role: inj}}
   check: {type: process, interval: 1s, process: {name: "`+hostileComm+`"}}
----
-apiVersion: tend.dev/v1
+`)
+	// The process check saw the hostile process, and says so quoted.
+	admin := cp.admin(t)
+	var watched string
+	require.Eventually(t, func() bool {
+		r, err := admin.ListChecks(ctxTimeout(t, 5*time.Second), &adminv1.ListChecksRequest{Agent: "inj"})
+		if err != nil {
+			return false
+		}
+		for _, ch := range r.GetChecks() {
+			if ch.GetCheckId() == "inj-watch" && ch.GetLast().GetStatus() == agentv1.CheckStatus_CHECK_STATUS_OK {
+				watched = ch.GetLast().GetOutput()
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 100*time.Millisecond, "the process check never saw the hostile process")
+	require.Contains(t, watched, strconv.Quote(hostileComm))
+	require.Contains(t, watched, strconv.Itoa(worker))
+
+	// Then the remediations (/bin/false exits 1, a warning: `when` makes
+	// it count).
+	applyFile(t, cp, `apiVersion: tend.dev/v1
 kind: Policy
 metadata: {name: inj-kill}
 spec:
@@ -223,23 +244,6 @@ spec:
     maxAttempts: 1
     verify: {within: 1s}
 `)
-	// (/bin/false exits 1, a warning: `when` makes it count.)
-	// The process check saw the hostile process, and says so quoted.
-	admin := cp.admin(t)
-	require.Eventually(t, func() bool {
-		r, err := admin.ListChecks(ctxTimeout(t, 5*time.Second), &adminv1.ListChecksRequest{Agent: "inj"})
-		if err != nil {
-			return false
-		}
-		for _, ch := range r.GetChecks() {
-			if ch.GetCheckId() == "inj-watch" && ch.GetLast().GetStatus() == agentv1.CheckStatus_CHECK_STATUS_OK {
-				require.Contains(t, ch.GetLast().GetOutput(), strconv.Quote(hostileComm))
-				return true
-			}
-		}
-		return false
-	}, 30*time.Second, 100*time.Millisecond, "the process check never saw the hostile process")
-
 	taskOutput := func(pol string) string {
 		var out string
 		require.Eventually(t, func() bool {
