@@ -60,6 +60,9 @@ var errCertExpired = errors.New("the client certificate this stream was opened w
 type Remediation interface {
 	// OnResults gets results that were just made durable (new ones only).
 	OnResults(agentID string, results []*agentv1.CheckResult)
+	// OnBacklogResults gets durable results the agent had before its
+	// stream opened: they may verify an incident but never trigger one.
+	OnBacklogResults(agentID string, results []*agentv1.CheckResult)
 	// OnConnect is told the agent's task high-water mark on every connect.
 	OnConnect(agentID string, taskHighWater uint64)
 	// OnAutonomousRun records what the agent did alone under a standing
@@ -256,11 +259,15 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 				// below the old high-water mark: the new ones are the last.
 				if h.Remediation != nil && out.Stored > 0 && out.Stored <= len(results) {
 					fresh := results[len(results)-out.Stored:]
-					for len(fresh) > 0 && fresh[0].GetSeq() <= backlog {
-						fresh = fresh[1:]
+					old := 0
+					for old < len(fresh) && fresh[old].GetSeq() <= backlog {
+						old++
 					}
-					if len(fresh) > 0 {
-						h.Remediation.OnResults(agentID, fresh)
+					if old > 0 {
+						h.Remediation.OnBacklogResults(agentID, fresh[:old])
+					}
+					if old < len(fresh) {
+						h.Remediation.OnResults(agentID, fresh[old:])
 					}
 				}
 				sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Ack{Ack: &agentv1.BatchAck{

@@ -141,6 +141,10 @@ func (m *Manager) PolicyChanged(name string) {
 	})
 }
 
+// reconnectWindow is how long agents may take to come back after a
+// control-plane restart (their longest backoff, 120 s + 20%, and margin).
+const reconnectWindow = 150 * time.Second
+
 // recover rebuilds the loop's memory from the store after a restart: open
 // incidents, tasks in flight and their timers, the sliding hour of task
 // starts (max_per_hour), the last attempt of each open incident (backoff)
@@ -156,6 +160,11 @@ func (m *Manager) recover() error {
 		ps := states[i]
 		m.pstate[ps.Policy] = &ps
 		if ps.Correlated {
+			f := map[string]time.Time{}
+			for _, a := range ps.FailingAgents {
+				f[a] = now
+			}
+			m.failing[ps.Policy] = f
 			m.armSweep()
 		}
 	}
@@ -217,6 +226,7 @@ func (m *Manager) recover() error {
 				if tr.task == nil {
 					tr.task = &t
 					m.running[t.Policy]++
+					tr.slot = true
 				}
 			} else if t.FinishedAt.After(tr.lastEnd) {
 				tr.lastEnd = t.FinishedAt
@@ -232,8 +242,14 @@ func (m *Manager) recover() error {
 			if p, _, ok := m.cfg.Policies.Lookup(inc.Policy); ok && p.Spec.Remediation != nil {
 				within = p.Spec.Remediation.Verify.Within.D()
 			}
-			m.after(tr, now.Add(within), func() {
+			// The attempt still holds its slot; the agents need up to the
+			// reconnect window (their backoff) to send the results that
+			// verify it, so the deadline starts after that.
+			m.running[inc.Policy]++
+			tr.slot = true
+			m.after(tr, now.Add(within+reconnectWindow), func() {
 				if tr.inc != nil && tr.inc.State == store.IncidentVerifying {
+					m.releaseSlot(tr)
 					m.retryOrEscalate(tr, "not verified after a control-plane restart")
 				}
 			})

@@ -72,6 +72,7 @@ type track struct {
 	inc       *store.Incident // open incident, nil if none
 	task      *store.Task     // task in flight for the open incident
 	approval  *store.Task     // task awaiting approval for the open incident
+	slot      bool            // holds a max_concurrent slot (dispatch to end of attempt)
 	passes    int             // consecutive passing results
 	resolved  time.Time       // last verified recovery (cooldown)
 	lastEnd   time.Time       // when the last attempt ended
@@ -258,7 +259,19 @@ func (m *Manager) OnResults(agentID string, results []*agentv1.CheckResult) {
 	received := m.cfg.Now()
 	m.enqueue(func() {
 		for _, r := range results {
-			m.observe(agentID, r, received)
+			m.observe(agentID, r, received, false)
+		}
+	})
+}
+
+// OnBacklogResults feeds durable results an agent had before its stream
+// opened: old news, never a trigger, but a pass may still verify an
+// incident and a failure or a pass still counts for correlation.
+func (m *Manager) OnBacklogResults(agentID string, results []*agentv1.CheckResult) {
+	received := m.cfg.Now()
+	m.enqueue(func() {
+		for _, r := range results {
+			m.observe(agentID, r, received, true)
 		}
 	})
 }
@@ -274,7 +287,7 @@ func firstLine(s string) string {
 	return s
 }
 
-func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.Time) {
+func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.Time, backlog bool) {
 	if strings.HasPrefix(r.GetCheckId(), "local/") {
 		return
 	}
@@ -297,6 +310,16 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 		labels = agent.Labels
 	}
 	now := m.cfg.Now()
+	if backlog {
+		failed, passed, _ := rule.Classify(context.Background(), r, labels)
+		m.noteResult(p, agentID, failed, passed, now)
+		tr, ok := m.tracks[key{agentID, p.Name()}]
+		if ok && passed && tr.inc != nil && tr.inc.State == store.IncidentVerifying && !r.GetStartedAt().AsTime().Before(tr.finished) {
+			m.resolve(tr, fmt.Sprintf("verified: %s passed %s after the task finished (%s; reported after a reconnect)",
+				p.Name(), r.GetStartedAt().AsTime().Sub(tr.finished).Round(time.Millisecond), firstLine(r.GetOutput())))
+		}
+		return
+	}
 	tr := m.track(agentID, p.Name())
 	d := rule.Observe(&tr.state, r, labels, now)
 	if d.Passed {
@@ -304,7 +327,9 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 	} else {
 		tr.passes = 0
 	}
-	m.noteResult(p, agentID, d.Passed, now)
+	if !d.Ignored {
+		m.noteResult(p, agentID, d.Failed, d.Passed, now)
+	}
 
 	if tr.inc == nil {
 		// After an escalation the trigger stays set until the check has
@@ -343,6 +368,8 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 			m.cancelTimer(tr)
 		case tr.task == nil && tr.passes >= p.Spec.Trigger.Window:
 			m.resolve(tr, fmt.Sprintf("recovered without remediation: %d passing results in a row", tr.passes))
+		case d.Failed && tr.task == nil && !tr.slot && lastEvent(tr.inc).Rule == ruleRecovering:
+			m.attempt(tr)
 		}
 	}
 }
@@ -482,6 +509,16 @@ func (m *Manager) attempt(tr *track) {
 		return
 	}
 	now := m.cfg.Now()
+	if tr.passes > 0 {
+		// The check passes now: no remediation on a check that may be
+		// recovering by itself; it is resolved after a whole window of
+		// passes, or attempted again at its next failure.
+		if last := lastEvent(tr.inc); last.Rule != ruleRecovering {
+			m.event(tr, store.Event{Kind: "suppressed", Rule: ruleRecovering,
+				Message: fmt.Sprintf("%s: the check passed its last %d result(s); waiting for a whole window of passes (resolved) or a new failure", ruleRecovering, tr.passes)}, store.IncidentSuppressed)
+		}
+		return
+	}
 	in := governor.FromPolicy(p, m.matchedCount(p.Name(), m.cfg.Now()))
 	in.Now = now
 	if a, ok := m.cfg.Fleet.Get(tr.key.agent); ok {
@@ -537,6 +574,9 @@ func (m *Manager) attempt(tr *track) {
 	}
 	m.dispatch(tr, p)
 }
+
+// ruleRecovering names the manager's own "not now": the check passes.
+const ruleRecovering = "recovering"
 
 func approvalID(tr *track) string {
 	if tr.approval != nil {

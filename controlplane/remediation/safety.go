@@ -143,13 +143,16 @@ func (m *Manager) sortedTracks() []*track {
 // noteResult keeps, per policy, the agents whose latest result fails (and
 // when it came), for correlated-failure suppression. A new failing agent
 // may start a correlated hold.
-func (m *Manager) noteResult(p *policy.Policy, agentID string, passed bool, now time.Time) {
+func (m *Manager) noteResult(p *policy.Policy, agentID string, failed, passed bool, now time.Time) {
 	f := m.failing[p.Name()]
 	if passed || correlationOf(p).Percent <= 0 {
 		if f != nil {
 			delete(f, agentID)
 		}
 		return
+	}
+	if !failed {
+		return // a warning or unknown result changes nothing
 	}
 	if f == nil {
 		f = map[string]time.Time{}
@@ -163,26 +166,34 @@ func (m *Manager) noteResult(p *policy.Policy, agentID string, passed bool, now 
 	}
 }
 
-// correlatedNow counts the policy's failing agents (within the window) and
-// says whether that is a correlated failure.
+// correlatedNow counts the policy's agents whose latest result failed
+// within the window and says whether that is a correlated failure.
 func (m *Manager) correlatedNow(p *policy.Policy, now time.Time) (bool, int, int) {
 	c := correlationOf(p)
-	f := m.failing[p.Name()]
 	cut := now.Add(-c.Window.D())
-	for a, at := range f {
-		if !at.After(cut) {
-			delete(f, a)
+	n := 0
+	for _, at := range m.failing[p.Name()] {
+		if at.After(cut) {
+			n++
 		}
 	}
-	n := len(f)
-	if c.Percent <= 0 {
-		return false, n, 0
-	}
-	if n < c.MinAgents {
+	if c.Percent <= 0 || n < c.MinAgents {
 		return false, n, 0
 	}
 	matched := m.matchedCount(p.Name(), now)
 	return n*100 > c.Percent*matched, n, matched
+}
+
+// correlationOver says whether a correlated hold may end: an agent leaves
+// the failing set only with a passing result (an agent that went silent,
+// as in a network split, still counts), and the hold ends only when at
+// most half the share that started it still fails, or fewer than
+// minAgents.
+func (m *Manager) correlationOver(p *policy.Policy, now time.Time) (bool, int, int) {
+	c := correlationOf(p)
+	n := len(m.failing[p.Name()])
+	matched := m.matchedCount(p.Name(), now)
+	return c.Percent <= 0 || n < c.MinAgents || n*200 <= c.Percent*matched, n, matched
 }
 
 // matchedTTL is how long a policy's count of matched agents is reused:
@@ -223,6 +234,11 @@ func (m *Manager) checkCorrelation(p *policy.Policy, now time.Time) {
 	reason := fmt.Sprintf("%d of %d agents matched by %s fail it within %s (more than %d%%): %s — a shared cause (a bad deploy, a network split) is not fixed host by host",
 		n, matched, p.Name(), c.Window, c.Percent, names)
 	ps.Correlated, ps.CorrelatedAt, ps.CorrelatedReason = true, now, reason
+	ps.FailingAgents = ps.FailingAgents[:0]
+	for a := range m.failing[p.Name()] {
+		ps.FailingAgents = append(ps.FailingAgents, a)
+	}
+	sort.Strings(ps.FailingAgents)
 	m.log.Warn("correlated failure: host-by-host remediation held", "policy", p.Name(), "failing", n, "matched", matched)
 
 	_, version, _ := m.cfg.Policies.Lookup(p.Name())
@@ -299,21 +315,16 @@ func (m *Manager) sweep() {
 		if now.Sub(ps.CorrelatedAt) < w || now.Sub(m.started) < w {
 			continue
 		}
-		if corr, n, matched := m.correlatedNow(p, now); !corr {
-			m.endCorrelation(p.Name(), fmt.Sprintf("correlated failure over: %d of %d agents fail %s now", n, matched, pol), "")
+		if over, n, matched := m.correlationOver(p, now); over {
+			m.endCorrelation(p.Name(), fmt.Sprintf("correlated failure over: %d of %d agents still fail %s", n, matched, pol), "")
 		}
 	}
 	for pol, f := range m.failing {
-		if len(f) == 0 {
+		if _, _, ok := m.cfg.Policies.Lookup(pol); !ok || len(f) == 0 {
 			delete(m.failing, pol)
 			continue
 		}
 		busy = true
-		if p, _, ok := m.cfg.Policies.Lookup(pol); ok {
-			m.correlatedNow(p, now) // prunes
-		} else {
-			delete(m.failing, pol)
-		}
 	}
 	if busy {
 		m.armSweep()
@@ -329,7 +340,7 @@ func (m *Manager) endCorrelation(pol, why, by string) {
 	}
 	fleetInc := ps.FleetIncidentID
 	ps.Correlated, ps.CorrelatedReason, ps.FleetIncidentID = false, "", ""
-	ps.CorrelatedAt = time.Time{}
+	ps.CorrelatedAt, ps.FailingAgents = time.Time{}, nil
 	m.savePolicyState(ps)
 	m.log.Info("correlated hold ended", "policy", pol, "why", why, "by", by)
 	if fleetInc != "" {

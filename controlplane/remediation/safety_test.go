@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -265,4 +266,77 @@ func TestFleetWideBudgetAcrossPolicies(t *testing.T) {
 	h.update("a1", tk, agentv1.TaskState_TASK_STATE_FAILED, "exit 1")
 	tk2 := h.task("a1")
 	require.Equal(t, "web2", tk2.GetPolicy(), "the freed fleet slot goes to the other policy's incident")
+}
+
+// A correlated hold ends when agents recover, not when they go silent (a
+// network split): silent agents still count as failing.
+func TestCorrelatedHoldOutlivesSilence(t *testing.T) {
+	agents := agentNames(6)
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	h := newHarnessWith(t, safetyPolicy(`{correlation: {percent: 50, window: 1m, minAgents: 3}}`), func(c *Config) { c.Now = clock }, agents...)
+	for _, a := range agents[:4] {
+		h.result(a, "web", crit)
+	}
+	for _, a := range agents[:4] {
+		h.result(a, "web", crit)
+	}
+	require.Eventually(t, func() bool {
+		st, err := h.m.Status(context.Background(), "web", 0)
+		return err == nil && st.Correlated
+	}, 5*time.Second, 10*time.Millisecond)
+	sweep := func() {
+		require.NoError(t, h.m.call(context.Background(), func() error { h.m.sweep(); return nil }))
+	}
+	mu.Lock()
+	now = now.Add(10 * time.Minute)
+	mu.Unlock()
+	sweep()
+	st, err := h.m.Status(context.Background(), "web", 0)
+	require.NoError(t, err)
+	require.True(t, st.Correlated, "4 silent agents still count")
+
+	// Three recover: 1 of 6 still fails, fewer than minAgents: over.
+	for _, a := range agents[:3] {
+		h.result(a, "web", ok)
+	}
+	sweep()
+	st, err = h.m.Status(context.Background(), "web", 0)
+	require.NoError(t, err)
+	require.False(t, st.Correlated)
+	fleetIncs, err := h.st.ListIncidents(store.IncidentFilter{AgentID: store.FleetAgentID})
+	require.NoError(t, err)
+	require.Equal(t, "resolved", fleetIncs[0].Timeline[len(fleetIncs[0].Timeline)-1].Kind, "the fleet incident says the hold ended")
+	h.task(agents[3]) // the one still failing is remediated host by host
+	for _, a := range append(agents[:3:3], agents[4:]...) {
+		h.noTask(a) // the recovering ones are not
+	}
+}
+
+// Warnings are not failures: they do not make a failure look correlated.
+func TestWarningsDoNotCountAsCorrelated(t *testing.T) {
+	agents := agentNames(6)
+	h := newHarness(t, safetyPolicy(`{correlation: {percent: 50, window: 5m, minAgents: 3}}`), agents...)
+	for _, a := range agents[:3] {
+		h.result(a, "web", agentv1.CheckStatus_CHECK_STATUS_WARNING)
+		h.result(a, "web", agentv1.CheckStatus_CHECK_STATUS_WARNING)
+	}
+	h.fail(agents[5])
+	h.task(agents[5])
+}
+
+// A task that succeeded keeps its max_concurrent slot until verified: a
+// restart that does not hold must not let the next host be restarted.
+func TestSlotHeldUntilVerified(t *testing.T) {
+	h := newHarness(t, safetyPolicy(`{maxConcurrent: "1", correlation: {percent: 0}}`), "a1", "a2")
+	h.fail("a1")
+	h.fail("a2")
+	tk := h.task("a1")
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_SUCCEEDED, "")
+	h.incident("a1", "web", store.IncidentVerifying)
+	h.noTask("a2")
+	h.result("a1", "web", ok)
+	h.incident("a1", "web", store.IncidentResolved)
+	h.task("a2")
 }

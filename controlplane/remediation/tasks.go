@@ -97,6 +97,7 @@ func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 	tr.task = &stored
 	tr.inc.Attempts = attempt
 	m.running[p.Name()]++
+	tr.slot = true
 	m.hourWindow(p.Name()).Add(now)
 	m.fleetHour.Add(now)
 	maxAttempts := rem.MaxAttempts
@@ -273,9 +274,14 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 		m.log.Error("finish task", "task", t.ID, "err", err)
 		return err
 	}
-	m.releaseTask(tr)
+	// The task is over, but its max_concurrent slot is held until the
+	// attempt is: a restart that "succeeds" and does not hold must not let
+	// the next hosts be restarted before that is known.
+	tr.task = nil
 	tr.lastEnd = now
-	m.wakeWaiting(t.Policy, tr)
+	if state != store.TaskSucceeded {
+		m.releaseSlot(tr)
+	}
 	p, _, ok := m.cfg.Policies.Lookup(t.Policy)
 	switch state {
 	case store.TaskSucceeded:
@@ -315,6 +321,7 @@ func (m *Manager) notVerified(tr *track, pol string, within time.Duration) {
 		return
 	}
 	why := fmt.Sprintf("not verified: %s did not pass within %s of the task", pol, within)
+	m.releaseSlot(tr)
 	m.noteFailedAttempt(tr, why)
 	m.retryOrEscalate(tr, why)
 }
@@ -360,6 +367,20 @@ func (m *Manager) resolve(tr *track, why string) {
 	tr.passes = 0
 }
 
+// releaseSlot frees the track's max_concurrent slot (held from dispatch
+// until the attempt ends: task failed, rejected or expired, verified, or
+// not verified) and gives waiting incidents their chance.
+func (m *Manager) releaseSlot(tr *track) {
+	if !tr.slot {
+		return
+	}
+	tr.slot = false
+	if m.running[tr.key.policy] > 0 {
+		m.running[tr.key.policy]--
+	}
+	m.wakeWaiting(tr.key.policy, tr)
+}
+
 // wakeWaiting gives incidents of the policy that wait for a free slot
 // (max_concurrent) a new chance now that a task has finished.
 func (m *Manager) wakeWaiting(pol string, except *track) {
@@ -386,11 +407,6 @@ func (m *Manager) wakeWaiting(pol string, except *track) {
 
 // releaseTask forgets the task in flight and frees its max_concurrent slot.
 func (m *Manager) releaseTask(tr *track) {
-	if tr.task == nil {
-		return
-	}
-	if m.running[tr.task.Policy] > 0 {
-		m.running[tr.task.Policy]--
-	}
 	tr.task = nil
+	m.releaseSlot(tr)
 }

@@ -398,6 +398,9 @@ type PolicyState struct {
 	CorrelatedAt     time.Time `json:"correlatedAt,omitzero"`
 	CorrelatedReason string    `json:"correlatedReason,omitempty"`
 	FleetIncidentID  string    `json:"fleetIncidentId,omitempty"`
+	// FailingAgents are the agents failing when the hold started: after a
+	// restart they count as failing until they report a pass.
+	FailingAgents []string `json:"failingAgents,omitempty"`
 	// The last re-arm by a person.
 	RearmedAt time.Time `json:"rearmedAt,omitzero"`
 	RearmedBy string    `json:"rearmedBy,omitempty"`
