@@ -34,8 +34,12 @@ const OrderClockSkew = 5 * time.Minute
 // order (logged).
 func (ps *PolicySet) StandingOrders(agentID string, labels map[string]string, key *pki.SigningKey, now time.Time) *agentv1.StandingOrders {
 	ps.mu.RLock()
+	held := ps.Held
 	var pols []loadedPolicy
 	for _, lp := range ps.policies {
+		if held != nil && held(lp.p.Name()) {
+			continue // breaker open or correlated hold: nobody acts, offline included
+		}
 		if lp.p.Spec.Autonomous && lp.p.Spec.Mode == policy.ModeEnforce && lp.p.Spec.Remediation != nil && lp.p.Matches(labels) {
 			pols = append(pols, lp)
 		}

@@ -23,7 +23,10 @@ type loadedPolicy struct {
 type PolicySet struct {
 	// Log receives why a policy's check was not given to an agent (a label
 	// its tokens need is missing, or the substituted value is invalid).
-	Log        *slog.Logger
+	Log *slog.Logger
+	// Held, if set, says a policy may not act now (breaker open, correlated
+	// hold): it gets no standing orders. Set before use.
+	Held       func(policy string) bool
 	reload     sync.Mutex // one Reload at a time: a newer snapshot always wins
 	mu         sync.RWMutex
 	policies   []loadedPolicy          // sorted by name: assignments are stable

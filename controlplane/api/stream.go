@@ -22,6 +22,7 @@ import (
 	"tend.dev/tend/controlplane/keys"
 	"tend.dev/tend/controlplane/store"
 	"tend.dev/tend/internal/failpoint"
+	"tend.dev/tend/internal/task"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
 
@@ -292,7 +293,12 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 	case *agentv1.ConnectRequest_AutonomousRun:
 		run := msg.AutonomousRun
 		if err := ValidateAutonomousRun(run); err != nil {
-			return status.Errorf(codes.InvalidArgument, "autonomous run: %v", err)
+			// Acknowledged and dropped: ending the stream would make the
+			// agent send it again first on every session, and never stay
+			// connected.
+			h.Log.Warn("autonomous run report dropped: invalid", "agent_id", agentID, "run", run.GetRunId(), "err", err)
+			sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_AutonomousAck{AutonomousAck: &agentv1.AutonomousRunAck{RunId: run.GetRunId()}}})
+			return nil
 		}
 		if h.Remediation != nil {
 			if err := h.Remediation.OnAutonomousRun(sess.Context(), agentID, run); err != nil {
@@ -320,8 +326,8 @@ func ValidateAutonomousRun(r *agentv1.AutonomousRun) error {
 	switch {
 	case r.GetRunId() == "" || len(r.GetRunId()) > MaxTaskIDLen || strings.ContainsAny(r.GetRunId(), "\x00"):
 		return fmt.Errorf("run_id: 1 to %d bytes without NUL", MaxTaskIDLen)
-	case len(r.GetOrderEnvelope()) == 0 || len(r.GetOrderEnvelope()) > 64<<10:
-		return errors.New("order_envelope: 1 byte to 64 KiB")
+	case len(r.GetOrderEnvelope()) == 0 || len(r.GetOrderEnvelope()) > task.MaxEnvelopeBytes:
+		return fmt.Errorf("order_envelope: 1 byte to %d bytes", task.MaxEnvelopeBytes)
 	case len(r.GetEvents()) > MaxRunEvents:
 		return fmt.Errorf("events: %d (max %d)", len(r.GetEvents()), MaxRunEvents)
 	case len(r.GetOutput()) > MaxOutputLen || len(r.GetReason()) > maxEventString:

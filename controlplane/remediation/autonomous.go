@@ -5,7 +5,9 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"tend.dev/tend/controlplane/store"
 	"tend.dev/tend/internal/task"
@@ -17,6 +19,11 @@ import (
 // becomes an incident with the agent's own timeline (or joins the open
 // incident of that agent and policy), resolved if the agent verified the
 // recovery, escalated if not.
+
+// maxReportedRuns bounds the run ids a policy remembers (reports that
+// joined an open incident); an agent resends an unacknowledged report on
+// its next connect, long before that many more runs.
+const maxReportedRuns = 256
 
 // OrderKeys returns every key that may have signed a standing order (the
 // ring's keys, retired ones included: a report is history, not an order).
@@ -43,11 +50,21 @@ func (m *Manager) autonomousRun(agentID string, run *agentv1.AutonomousRun) erro
 		m.log.Warn("autonomous run report dropped: the order is for another agent", "agent_id", agentID, "order_agent", o.GetAgentId(), "run", run.GetRunId())
 		return nil
 	}
+	if at := run.GetTriggeredAt().AsTime(); at.Before(o.GetNotBefore().AsTime()) || at.After(o.GetExpiresAt().AsTime().Add(time.Minute)) {
+		m.log.Warn("autonomous run report dropped: triggered outside its order's validity", "agent_id", agentID, "run", run.GetRunId(), "order", o.GetOrderId())
+		return nil
+	}
 	incID := "inc-" + run.GetRunId()
 	if _, err := m.cfg.Store.GetIncident(incID); err == nil {
 		return nil // reported before
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
+	}
+	// A report that joined an open incident leaves no incident of its own:
+	// the run id is remembered in the order's policy state.
+	ps := m.policyState(o.GetPolicy())
+	if slices.Contains(ps.ReportedRuns, run.GetRunId()) {
+		return nil
 	}
 	agentName := agentID
 	if a, ok := m.cfg.Fleet.Get(agentID); ok {
@@ -95,6 +112,11 @@ func (m *Manager) autonomousRun(agentID string, run *agentv1.AutonomousRun) erro
 		}); err != nil {
 			return err
 		}
+		ps.ReportedRuns = append(ps.ReportedRuns, run.GetRunId())
+		if len(ps.ReportedRuns) > maxReportedRuns {
+			ps.ReportedRuns = ps.ReportedRuns[len(ps.ReportedRuns)-maxReportedRuns:]
+		}
+		m.savePolicyState(ps)
 		if tr.inc != nil && tr.inc.ID == open.ID {
 			tr.inc.Timeline = append(tr.inc.Timeline, events...)
 		}

@@ -159,6 +159,7 @@ func (m *Manager) recover() error {
 	for i := range states {
 		ps := states[i]
 		m.pstate[ps.Policy] = &ps
+		m.held.Store(ps.Policy, ps.BreakerOpen || ps.Correlated)
 		if ps.Correlated {
 			f := map[string]time.Time{}
 			for _, a := range ps.FailingAgents {

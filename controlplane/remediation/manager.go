@@ -61,6 +61,9 @@ type Config struct {
 	// OrderKeys verifies the standing orders in agents' autonomous run
 	// reports (nil: every report is dropped).
 	OrderKeys OrderKeys
+	// OnHoldChange, if set, is called (on its own goroutine) when a
+	// policy's breaker opens or closes or a correlated hold starts or ends.
+	OnHoldChange func(policy string)
 }
 
 type key struct{ agent, policy string }
@@ -107,6 +110,8 @@ type Manager struct {
 	sweepArmed bool
 	started    time.Time
 	matched    map[string]matchedEntry
+	// held mirrors, for other goroutines, which policies are held.
+	held sync.Map
 }
 
 type ruleEntry struct {

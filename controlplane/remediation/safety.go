@@ -33,6 +33,31 @@ func (m *Manager) savePolicyState(ps *store.PolicyState) {
 	if err := m.cfg.Store.PutPolicyState(*ps); err != nil {
 		m.log.Error("save policy state", "policy", ps.Policy, "err", err)
 	}
+	m.noteHeld(ps)
+}
+
+// noteHeld keeps the concurrent-safe view of which policies are held
+// (breaker open or correlated hold) and tells Config.OnHoldChange when it
+// changes: their standing orders must be withdrawn, or given back.
+func (m *Manager) noteHeld(ps *store.PolicyState) {
+	held := ps.BreakerOpen || ps.Correlated
+	prev, _ := m.held.Load(ps.Policy)
+	if was, _ := prev.(bool); was == held {
+		return
+	}
+	m.held.Store(ps.Policy, held)
+	if m.cfg.OnHoldChange != nil {
+		go m.cfg.OnHoldChange(ps.Policy)
+	}
+}
+
+// Held reports whether a policy may not act now as a whole (its breaker is
+// open, or a correlated hold is on): no standing order is issued for it.
+// Safe for concurrent use.
+func (m *Manager) Held(pol string) bool {
+	v, _ := m.held.Load(pol)
+	h, _ := v.(bool)
+	return h
 }
 
 func breakerOf(p *policy.Policy) policy.Breaker {

@@ -66,14 +66,21 @@ func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 	if a := tr.approval; a != nil {
 		// Approved (or approval no longer required): sign the task the
 		// person saw, with the params they approved.
-		if string(a.Params) != string(prm.json) {
+		if string(a.Params) != string(prm.json) || a.Action != rem.Action {
 			m.dropApproval(tr, "the policy's params changed before the task was sent")
-			m.escalate(tr, fmt.Sprintf("the params of %s changed after task %s was put up for approval: approve the new task of a new incident instead", p.Name(), a.ID))
+			m.escalate(tr, fmt.Sprintf("the action or params of %s changed after task %s was put up for approval: approve the new task of a new incident instead", p.Name(), a.ID))
+			return
+		}
+		if !a.ApprovalDeadline.IsZero() && !now.Before(a.ApprovalDeadline) && a.ApprovedBy != "" {
+			m.escalate(tr, fmt.Sprintf("task %s was approved by %s but no budget slot came before its approval deadline %s: approve a new one",
+				a.ID, a.ApprovedBy, a.ApprovalDeadline.UTC().Format(time.RFC3339)))
 			return
 		}
 		attempt = a.Attempt
 		stored, err = m.cfg.Store.SealTask(a.ID, seal)
-		tr.approval = nil
+		if err == nil {
+			tr.approval = nil
+		}
 	} else {
 		stored, err = m.cfg.Store.CreateTask(store.Task{
 			ID:            newID("task"),
@@ -208,6 +215,10 @@ func (m *Manager) taskUpdate(agentID string, u *agentv1.TaskUpdate) error {
 		return nil
 	}
 	if store.TaskTerminal(t.State) {
+		return nil
+	}
+	if t.State == store.TaskAwaitingApproval || t.Seq == 0 {
+		m.log.Warn("agent reported on a task it was never sent: ignored", "agent_id", agentID, "task", t.ID)
 		return nil
 	}
 	tr := m.track(agentID, t.Policy)

@@ -202,6 +202,9 @@ func New(cfg Config) (*Server, error) {
 		Store: st, Fleet: s.fleet, Policies: s.policies, Signer: ring.Active, Webhook: s.webhook,
 		FleetMaxConcurrent: cfg.FleetMaxConcurrent, FleetMaxPerHour: cfg.FleetMaxPerHour,
 		OrderKeys: ring.AllPublic,
+		// A policy whose breaker opens or that a correlated hold stops
+		// loses its standing orders at once (and gets them back after).
+		OnHoldChange: func(string) { s.policies.PushOrders(s.fleet, ring.Active, time.Now()) },
 		Log:       log.With("component", "remediation"),
 		Observe: func(step string, d time.Duration) {
 			latency.WithLabelValues(step).Observe(d.Seconds())
@@ -212,6 +215,7 @@ func New(cfg Config) (*Server, error) {
 		},
 	})
 
+	s.policies.Held = s.remed.Held
 	serverCert, err := ca.IssueServerCert(s.serverNames(), ServerCertTTL)
 	if err != nil {
 		cleanup()

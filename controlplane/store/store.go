@@ -401,6 +401,9 @@ type PolicyState struct {
 	// FailingAgents are the agents failing when the hold started: after a
 	// restart they count as failing until they report a pass.
 	FailingAgents []string `json:"failingAgents,omitempty"`
+	// ReportedRuns are the latest autonomous run ids recorded into an
+	// incident that was already open (deduplication of resent reports).
+	ReportedRuns []string `json:"reportedRuns,omitempty"`
 	// The last re-arm by a person.
 	RearmedAt time.Time `json:"rearmedAt,omitzero"`
 	RearmedBy string    `json:"rearmedBy,omitempty"`
