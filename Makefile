@@ -45,7 +45,7 @@ ROBUST_PARTITION ?= 60s
 ROBUST_STOP ?= 20s
 robustness: deps build-failpoints
 	@ROBUST_RUNS=$(ROBUST_RUNS) ROBUST_FAULTS=$(ROBUST_FAULTS) ROBUST_PARTITION=$(ROBUST_PARTITION) ROBUST_STOP=$(ROBUST_STOP) \
-		TEND_FP_BIN_DIR=$(CURDIR)/bin-fp bash scripts/robustness.sh
+		ROBUST_LONG=1 TEND_FP_BIN_DIR=$(CURDIR)/bin-fp bash scripts/robustness.sh
 
 # The whole suite: vet, gofmt, unit and integration tests under -race, and
 # the e2e tests against the real binaries.

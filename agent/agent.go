@@ -308,6 +308,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		},
 		AutonomousRuns: func() ([]*agentv1.AutonomousRun, error) { return a.auto.Reports() },
+		OnRefused:      func(err error) { a.auto.Withdraw("the control plane refused this agent: " + err.Error()) },
 		OnAutonomousAck: func(id string) {
 			if err := a.auto.Acked(id); err != nil {
 				a.log.Error("cannot forget an acknowledged autonomous run", "run", id, "err", err)
@@ -343,9 +344,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		Run: func(ctx context.Context, runID string, o *taskv1.StandingOrder) tasks.LocalResult {
 			return a.runner.RunLocal(ctx, runID, o.GetAction(), o.GetParams(), o.GetTimeout().AsDuration())
 		},
-		Offline: a.client.OfflineFor,
-		Notify:  a.client.NotifyRuns,
-		Log:     a.log,
+		Offline:     a.client.OfflineFor,
+		Busy:        a.runner.Busy,
+		LastTaskEnd: a.runner.LastTaskEnd,
+		Notify:      a.client.NotifyRuns,
+		Log:         a.log,
 	})
 	if err != nil {
 		return err

@@ -55,6 +55,12 @@ type Config struct {
 	// Offline is how long the control plane has been unreachable (0 while
 	// connected).
 	Offline func() time.Duration
+	// Busy says a task from the control plane is being checked or run;
+	// LastTaskEnd when the last one of a policy ended (both optional). The
+	// agent never acts alone while the control plane's own task may still
+	// be doing the job.
+	Busy        func() bool
+	LastTaskEnd func(policy string) time.Time
 	// Notify wakes the stream: a run report is ready to send.
 	Notify func()
 	Now    func() time.Time
@@ -77,6 +83,8 @@ type order struct {
 	// passes: consecutive passing results; a whole window of them ends a
 	// trigger the control plane dealt with.
 	passes int
+	// unverified: runs for the current failure that did not fix it.
+	unverified int
 }
 
 type runState struct {
@@ -92,6 +100,9 @@ type Autonomy struct {
 
 	mu      sync.Mutex
 	byCheck map[string][]*order // check id → orders
+	// online: the control plane was reachable at the last result; a
+	// failure streak counts only from when it became unreachable.
+	online bool
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -159,13 +170,18 @@ func (a *Autonomy) set(so *agentv1.StandingOrders, logIt bool) {
 			a.log.Warn("standing order refused: its trigger does not compile", "order", o.GetOrderId(), "policy", o.GetPolicy(), "err", err)
 			continue
 		}
-		nu := &order{o: o, env: env, rule: rule}
-		// Keep the memory of the same policy's previous order.
+		// The same policy's order is updated in place: a run in progress
+		// (its goroutine holds the *order) and the trigger memory carry on.
+		var nu *order
 		for _, old := range a.byCheck[o.GetCheckId()] {
 			if old.o.GetPolicy() == o.GetPolicy() {
-				nu.state, nu.run, nu.lastEnd = old.state, old.run, old.lastEnd
+				nu = old
 			}
 		}
+		if nu == nil {
+			nu = &order{}
+		}
+		nu.o, nu.env, nu.rule = o, env, rule
 		next[o.GetCheckId()] = append(next[o.GetCheckId()], nu)
 	}
 	a.byCheck = next
@@ -175,6 +191,18 @@ func (a *Autonomy) set(so *agentv1.StandingOrders, logIt bool) {
 			n += len(os)
 		}
 		a.log.Info("standing orders updated", "orders", n)
+	}
+}
+
+// Withdraw drops every standing order, durably (the control plane refused
+// this agent: it was revoked).
+func (a *Autonomy) Withdraw(why string) {
+	if a.Orders() == 0 {
+		return
+	}
+	a.log.Warn("standing orders withdrawn", "why", why)
+	if err := a.SetOrders(&agentv1.StandingOrders{}); err != nil {
+		a.log.Error("cannot withdraw the standing orders", "err", err)
 	}
 }
 
@@ -209,12 +237,28 @@ func (a *Autonomy) Observe(r *agentv1.CheckResult) {
 		return
 	}
 	now := a.cfg.Now()
+	online := a.cfg.Offline() <= 0
+	if a.online && !online {
+		// Just cut off: what the check did while the control plane was
+		// there is the control plane's business (it may have a task on
+		// it, a hold, an open breaker). Only a failure seen alone counts.
+		for _, os := range a.byCheck {
+			for _, o := range os {
+				if o.run == nil {
+					o.state.ResetAfterVerifiedRecovery()
+					o.passes, o.unverified = 0, 0
+				}
+			}
+		}
+	}
+	a.online = online
 	for _, o := range orders {
 		d := o.rule.Observe(&o.state, r, nil, now)
 		if d.Passed {
 			o.passes++
 			if o.state.Triggered && o.passes >= o.rule.Window && o.run == nil {
 				o.state.ResetAfterVerifiedRecovery()
+				o.unverified = 0
 			}
 		} else {
 			o.passes = 0
@@ -244,8 +288,10 @@ func (a *Autonomy) followRun(o *order, r *agentv1.CheckResult, d engine.Decision
 		rs.report.Events = append(rs.report.Events, event(now, "verified",
 			fmt.Sprintf("%s passed %s after the action", o.o.GetCheckId(), r.GetStartedAt().AsTime().Sub(rs.finished).Round(time.Millisecond))))
 		o.state.ResetAfterVerifiedRecovery()
+		o.unverified = 0
 		a.log.Info("autonomous remediation verified", "policy", o.o.GetPolicy(), "run", rs.report.GetRunId())
 	case now.After(rs.deadline):
+		o.unverified++
 		rs.report.Events = append(rs.report.Events, event(now, "not_verified",
 			fmt.Sprintf("%s did not pass within %s of the action", o.o.GetCheckId(), o.o.GetVerifyWithin().AsDuration())))
 		a.log.Warn("autonomous remediation not verified", "policy", o.o.GetPolicy(), "run", rs.report.GetRunId())
@@ -276,7 +322,10 @@ func (a *Autonomy) budget(pol string, now time.Time) ([]time.Time, error) {
 	}
 	var in []time.Time
 	for _, t := range all {
-		if now.Sub(t) < time.Hour && !t.After(now.Add(time.Hour)) {
+		if t.After(now) {
+			t = now // the clock went back: the start still counts
+		}
+		if now.Sub(t) < time.Hour {
 			in = append(in, t)
 		}
 	}
@@ -296,6 +345,17 @@ func (a *Autonomy) maybeRun(o *order, d engine.Decision, now time.Time) {
 	}
 	if !o.lastEnd.IsZero() && now.Sub(o.lastEnd) < o.o.GetBackoff().AsDuration() {
 		return
+	}
+	if max := o.o.GetMaxAttempts(); max > 0 && o.unverified >= int(max) {
+		return // this failure is the control plane's (or a person's) again
+	}
+	if a.cfg.Busy != nil && a.cfg.Busy() {
+		return
+	}
+	if a.cfg.LastTaskEnd != nil {
+		if end := a.cfg.LastTaskEnd(o.o.GetPolicy()); !end.IsZero() && now.Sub(end) < o.o.GetVerifyWithin().AsDuration() {
+			return // the control plane's own task may still be taking effect
+		}
 	}
 	starts, err := a.budget(o.o.GetPolicy(), now)
 	if err != nil {
@@ -370,10 +430,12 @@ func (a *Autonomy) execute(o *order, runID string) {
 		}
 		a.log.Info("autonomous action succeeded; verifying", "policy", o.o.GetPolicy(), "run", runID)
 	case agentv1.TaskState_TASK_STATE_REJECTED:
+		o.unverified = int(max(1, o.o.GetMaxAttempts())) // deterministic: never again for this failure
 		rep.Events = append(rep.Events, event(now, "rejected", res.Reason))
 		a.log.Warn("autonomous action refused", "policy", o.o.GetPolicy(), "run", runID, "reason", res.Reason)
 		a.finishRun(o)
 	default:
+		o.unverified++
 		rep.Events = append(rep.Events, event(now, "finished", "failed: "+res.Reason))
 		a.log.Warn("autonomous action failed", "policy", o.o.GetPolicy(), "run", runID, "reason", res.Reason)
 		a.finishRun(o)
@@ -382,12 +444,12 @@ func (a *Autonomy) execute(o *order, runID string) {
 
 // Reports returns the finished run reports waiting for the control plane.
 func (a *Autonomy) Reports() ([]*agentv1.AutonomousRun, error) {
+	a.mu.Lock() // a run that finishes meanwhile is not half-read
+	defer a.mu.Unlock()
 	all, err := a.cfg.DB.AutonomousRuns()
 	if err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	busy := map[string]bool{}
 	for _, os := range a.byCheck {
 		for _, o := range os {

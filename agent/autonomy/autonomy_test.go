@@ -197,3 +197,46 @@ func TestRefusedActionIsReportedNotRetriedAtOnce(t *testing.T) {
 	require.Equal(t, agentv1.TaskState_TASK_STATE_REJECTED, reps[0].GetState())
 	require.Contains(t, reps[0].GetReason(), "not an allowed command")
 }
+
+// A failure streak that began while the control plane was reachable is the
+// control plane's: offline, the agent waits for a streak of its own.
+func TestOnlyAnOfflineFailureStreakCounts(t *testing.T) {
+	f := newFixture(t)
+	require.NoError(t, f.a.SetOrders(&agentv1.StandingOrders{Envelopes: [][]byte{f.order(func(o *taskv1.StandingOrder) { o.MaxPerHour = 5 })}}))
+	for range 3 {
+		f.result1(crit) // triggered while connected
+	}
+	f.offline.Store(int64(time.Minute))
+	f.result1(crit)
+	time.Sleep(50 * time.Millisecond)
+	require.Zero(t, f.runs(), "one failure alone is not a trigger")
+	f.result1(crit)
+	require.Eventually(t, func() bool { return f.runs() == 1 }, 5*time.Second, 10*time.Millisecond)
+}
+
+// Never while the control plane's own task runs, and never twice for a
+// failure the action does not fix (maxAttempts).
+func TestNotWhileBusyAndAtMostMaxAttempts(t *testing.T) {
+	f := newFixture(t)
+	var busy atomic.Bool
+	f.a.cfg.Busy = busy.Load
+	f.result = tasks.LocalResult{State: agentv1.TaskState_TASK_STATE_FAILED, Reason: "exit 1"}
+	require.NoError(t, f.a.SetOrders(&agentv1.StandingOrders{Envelopes: [][]byte{f.order(func(o *taskv1.StandingOrder) {
+		o.MaxPerHour, o.MaxAttempts = 10, 2
+	})}}))
+	f.offline.Store(int64(time.Minute))
+	busy.Store(true)
+	for range 3 {
+		f.result1(crit)
+	}
+	time.Sleep(50 * time.Millisecond)
+	require.Zero(t, f.runs(), "a control-plane task is running")
+	busy.Store(false)
+	for range 10 {
+		f.result1(crit)
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.Eventually(t, func() bool { return f.runs() == 2 }, 5*time.Second, 10*time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	require.Equal(t, 2, f.runs(), "maxAttempts 2: then it is a person's")
+}

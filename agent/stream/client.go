@@ -19,10 +19,13 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"tend.dev/tend/agent/state"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
@@ -99,6 +102,9 @@ type Config struct {
 	KeyIDs        func() []string
 	// OnStandingOrders, if set, receives every StandingOrders message.
 	OnStandingOrders func(*agentv1.StandingOrders)
+	// OnRefused, if set, is told when the control plane refuses this
+	// agent (PermissionDenied: it was revoked).
+	OnRefused func(error)
 	// AutonomousRuns, if set, lists the run reports to send (after task
 	// updates, before results); OnAutonomousAck is told each one the
 	// control plane acknowledged.
@@ -188,9 +194,11 @@ type Client struct {
 	batchID   atomic.Uint64
 	// keysChanged: the next heartbeat reports the signing keys held.
 	keysChanged atomic.Bool
-	// offlineSince (unix nanos) is when the last session ended, or when
-	// the client was created; 0 while connected.
-	offlineSince atomic.Int64
+	// offlineSince is when the last session ended, or when the client was
+	// created (a time.Time with its monotonic reading: a wall-clock step
+	// does not change how long the agent has been offline).
+	offlineMu    sync.Mutex
+	offlineSince time.Time
 	// runsGen counts NotifyRuns calls: run reports are read again only
 	// when it changed.
 	runsGen atomic.Uint64
@@ -214,7 +222,7 @@ func New(cfg Config) *Client {
 		rand:   rand.Float64,
 		wait:   sleep,
 	}
-	c.offlineSince.Store(time.Now().UnixNano())
+	c.offlineSince = time.Now()
 	return c
 }
 
@@ -244,11 +252,18 @@ func (c *Client) Connected() bool { return c.connected.Load() }
 // session is up, else the time since the last one ended (or since the
 // client was created, if it never connected).
 func (c *Client) OfflineFor() time.Duration {
-	since := c.offlineSince.Load()
-	if since == 0 || c.connected.Load() {
+	if c.connected.Load() {
 		return 0
 	}
-	return time.Since(time.Unix(0, since))
+	c.offlineMu.Lock()
+	defer c.offlineMu.Unlock()
+	return time.Since(c.offlineSince)
+}
+
+func (c *Client) setOfflineSince(t time.Time) {
+	c.offlineMu.Lock()
+	c.offlineSince = t
+	c.offlineMu.Unlock()
 }
 
 // Stats returns the client's counters.
@@ -289,6 +304,9 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			c.log.Info("agent stream stopped")
 			return nil
+		}
+		if status.Code(err) == codes.PermissionDenied && c.cfg.OnRefused != nil {
+			c.cfg.OnRefused(err)
 		}
 		if up >= c.cfg.Backoff.ResetAfter {
 			attempt = 0

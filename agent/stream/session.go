@@ -76,9 +76,8 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	upSince := time.Now()
 	c.connects.Add(1)
 	c.connected.Store(true)
-	c.offlineSince.Store(0)
 	defer func() {
-		c.offlineSince.Store(time.Now().UnixNano())
+		c.setOfflineSince(time.Now())
 		c.connected.Store(false)
 	}()
 	pending, dropped, _ := c.cfg.DB.Stats()

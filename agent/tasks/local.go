@@ -11,6 +11,27 @@ import (
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
 
+// Busy reports whether a task from the control plane is being checked or
+// run now.
+func (r *Runner) Busy() bool { return r.busy.Load() }
+
+// LastTaskEnd is when the last control-plane task of the policy ended on
+// this agent (zero if none since start).
+func (r *Runner) LastTaskEnd(policy string) time.Time {
+	r.endsMu.Lock()
+	defer r.endsMu.Unlock()
+	return r.ends[policy]
+}
+
+func (r *Runner) noteEnd(policy string) {
+	r.endsMu.Lock()
+	defer r.endsMu.Unlock()
+	if r.ends == nil {
+		r.ends = map[string]time.Time{}
+	}
+	r.ends[policy] = r.cfg.Now()
+}
+
 // LocalResult is the outcome of an action the agent ran on its own (under a
 // standing order).
 type LocalResult struct {
@@ -24,6 +45,8 @@ type LocalResult struct {
 // validation as a task from the control plane, then the plugin, with the
 // timeout. It blocks until the action ends (or ctx or the runner stops).
 func (r *Runner) RunLocal(ctx context.Context, runID, action string, params *structpb.Struct, timeout time.Duration) LocalResult {
+	r.execMu.Lock() // never at the same time as a task from the control plane
+	defer r.execMu.Unlock()
 	if err := r.cfg.Allow.Check(action, params); err != nil {
 		return LocalResult{State: agentv1.TaskState_TASK_STATE_REJECTED, Reason: capString(err.Error(), MaxReasonBytes)}
 	}

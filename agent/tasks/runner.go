@@ -141,6 +141,14 @@ type Runner struct {
 	stopped bool
 
 	received, notTaken, rejected, executed, succeeded, failed atomic.Uint64
+
+	// busy: a task from the control plane is being checked or run.
+	busy atomic.Bool
+	// execMu: one action at a time, from the control plane or local.
+	execMu sync.Mutex
+	// ends: when the last control-plane task of each policy ended.
+	endsMu sync.Mutex
+	ends   map[string]time.Time
 }
 
 // New returns a runner; Start starts its worker.
@@ -286,7 +294,11 @@ func (r *Runner) worker() {
 				r.notTake(d, "tend-agent is stopping")
 				return
 			}
+			r.execMu.Lock()
+			r.busy.Store(true)
 			r.handle(d)
+			r.busy.Store(false)
+			r.execMu.Unlock()
 		}
 	}
 }
@@ -348,6 +360,7 @@ func (r *Runner) failStopping(id string, seq uint64) {
 }
 
 func (r *Runner) execute(t *taskv1.Task) {
+	defer r.noteEnd(t.GetPolicy())
 	id, seq, action := t.GetTaskId(), t.GetSeq(), t.GetAction()
 	timeout := t.GetTimeout().AsDuration()
 	log := r.log.With("task_id", id, "seq", seq, "action", action, "policy", t.GetPolicy(), "incident_id", t.GetIncidentId())

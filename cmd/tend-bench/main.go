@@ -56,6 +56,7 @@ func run(ctx context.Context) int {
 		footprint  bool
 		logLevel   string
 		selfProf   string
+		replot     string
 	)
 	fs.IntVar(&cfg.Agents, "agents", 500, "simulated agents")
 	fs.IntVar(&cfg.ChecksPerAgent, "checks", 10, "checks per agent (one policy each; 0: heartbeats only)")
@@ -83,10 +84,11 @@ func run(ctx context.Context) int {
 	fs.StringVar(&plotPath, "plot", "", "write a plot of cost against fleet size (FILE.svg or FILE.png; with --sweep)")
 	fs.BoolVar(&jsonOut, "json", false, "print JSON instead of the table")
 	fs.StringVar(&jsonFile, "json-file", "", "also write the JSON to this file")
-	fs.StringVar(&profileDir, "profile", "", "take CPU and heap profiles of the control plane during the window into this dir (runs the control plane inside tend-bench, with pprof)")
+	fs.StringVar(&profileDir, "profile", "", "take CPU, heap and lock-contention profiles of the control plane during the window into this dir (runs the control plane inside tend-bench, with pprof); with --agent-footprint, perf record of the agent")
 	fs.BoolVar(&noPerf, "no-perf", false, "do not run the control plane under perf to count its fsyncs (estimate them from /metrics)")
 	fs.BoolVar(&footprint, "agent-footprint", false, "measure a real tend-agent (10 checks at --interval) for --duration instead")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&replot, "replot", "", "plot the results of an earlier --json-file (a sweep) into --plot, without running")
 	fs.StringVar(&selfProf, "self-cpuprofile", "", "write a CPU profile of tend-bench itself (the simulated fleet) to this file")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: tend-bench [flags]\n\nSimulates a fleet against a real control plane and measures it (docs/BENCHMARKS.md).\n\nFlags:\n")
@@ -119,6 +121,27 @@ func run(ctx context.Context) int {
 			return 1
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if replot != "" {
+		if plotPath == "" {
+			fmt.Fprintln(os.Stderr, "tend-bench: --replot needs --plot FILE.svg|png")
+			return 2
+		}
+		f, err := os.Open(replot)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tend-bench:", err)
+			return 1
+		}
+		rs, err := bench.ReadResults(f)
+		f.Close()
+		if err == nil {
+			err = bench.Plot(plotPath, rs)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tend-bench: --replot:", err)
+			return 1
+		}
+		return 0
 	}
 	if _, err := fmt.Sscanf(trigger, "%d/%d", &cfg.TriggerFailures, &cfg.TriggerWindow); err != nil || cfg.TriggerFailures < 1 || cfg.TriggerWindow < cfg.TriggerFailures {
 		fmt.Fprintf(os.Stderr, "tend-bench: --trigger %q: want FAILURES/WINDOW such as 2/3\n", trigger)
@@ -188,7 +211,14 @@ func run(ctx context.Context) int {
 		fmt.Fprintln(os.Stderr, "tend-bench: --plot needs --sweep")
 		return 2
 	}
-	if lim, err := bench.RaiseFileLimit(uint64(2*sizes[len(sizes)-1] + 8192)); err != nil {
+	// The bench holds one socket per agent, and so does the control plane
+	// (which inherits the limit when the bench starts it).
+	need := uint64(sizes[len(sizes)-1] + 4096)
+	if lim, err := bench.RaiseFileLimit(need); err != nil {
+		if lim < need {
+			log.Error("not enough open files for this fleet", "agents", sizes[len(sizes)-1], "need", need, "limit", lim, "err", err)
+			return 1
+		}
 		log.Warn("open-file limit", "limit", lim, "err", err)
 	}
 

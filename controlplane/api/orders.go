@@ -98,6 +98,7 @@ func standingOrder(lp loadedPolicy, agentID string, labels map[string]string, ke
 		MaxPerHour:    uint32(off.MaxPerHour),
 		VerifyWithin:  durationpb.New(rem.Verify.Within.D()),
 		Backoff:       durationpb.New(rem.Backoff.D()),
+		MaxAttempts:   uint32(max(1, rem.MaxAttempts)),
 		NotBefore:     timestamppb.New(now.Add(-OrderClockSkew)),
 		ExpiresAt:     timestamppb.New(now.Add(off.ValidFor.D())),
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
 	"time"
 
 	"tend.dev/tend/controlplane/server"
@@ -48,6 +49,9 @@ func RunProfiledControlPlane(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("pprof listen: %w", err)
 	}
+	// Lock contention too (who waits for bbolt's single writer, for the
+	// fleet's mutex): /debug/pprof/mutex.
+	runtime.SetMutexProfileFraction(20)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -25,24 +25,25 @@ type panel struct {
 	title, unit string
 	target      float64 // drawn as a dashed line when > 0
 	series      []series
+	log         bool // logarithmic y axis (latencies span decades)
 }
 
 var plotPanels = []panel{
-	{"Control-plane RSS per connected agent", "KB", 48, []series{{"RSS per agent", func(r *Result) float64 { return r.CPRSSPerAgentKB }}}},
-	{"Control-plane CPU per result", "µs", 40, []series{{"CPU per result", func(r *Result) float64 { return r.CPUMicrosPerResult }}}},
+	{"Control-plane RSS per connected agent", "KB", 48, []series{{"RSS per agent", func(r *Result) float64 { return r.CPRSSPerAgentKB }}}, false},
+	{"Control-plane CPU per result", "µs", 40, []series{{"CPU per result", func(r *Result) float64 { return r.CPUMicrosPerResult }}}, false},
 	{"Results durably committed", "results/s", 0, []series{
 		{"acknowledged", func(r *Result) float64 { return r.ResultsPerSecond }},
 		{"offered", func(r *Result) float64 { return r.OfferedPerSecond }},
-	}},
-	{"fsyncs", "per second", 200, []series{{"fsync+fdatasync", func(r *Result) float64 { return r.FsyncsPerSecond }}}},
-	{"Result sent → durable ack", "ms", 25, []series{
+	}, false},
+	{"fsyncs", "per second", 200, []series{{"fsync+fdatasync", func(r *Result) float64 { return r.FsyncsPerSecond }}}, false},
+	{"Result sent → durable ack", "ms (log)", 25, []series{
 		{"p50", func(r *Result) float64 { return r.AckP50Ms }},
 		{"p99", func(r *Result) float64 { return r.AckP99Ms }},
-	}},
-	{"Failing result → task acked", "ms", 50, []series{
+	}, true},
+	{"Failing result → task acked", "ms (log)", 50, []series{
 		{"p50", func(r *Result) float64 { return r.TriggerP50Ms }},
 		{"p99", func(r *Result) float64 { return r.TriggerP99Ms }},
-	}},
+	}, true},
 }
 
 var palette = []color.Color{
@@ -73,12 +74,30 @@ func Plot(path string, rs []*Result) error {
 			p.X.Label.Text = "agents"
 			p.Y.Label.Text = pn.unit
 			p.X.Min, p.Y.Min = 0, 0
-			p.Legend.Top = true
-			p.Legend.Left = true
+			if pn.log {
+				p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+				p.Y.Min = 1
+			}
+			p.Legend.Top, p.Legend.Left = true, true
+			// Room above the data for the legend.
+			top := pn.target
+			for _, s := range pn.series {
+				for _, r := range rs {
+					top = max(top, s.value(r))
+				}
+			}
+			if pn.log {
+				p.Y.Max = max(top, 1) * 20
+			} else {
+				p.Y.Max = max(top, 1) * 1.4
+			}
 			for k, s := range pn.series {
 				xys := make(plotter.XYs, len(rs))
 				for n, r := range rs {
 					xys[n].X, xys[n].Y = float64(r.Agents), s.value(r)
+					if pn.log {
+						xys[n].Y = max(xys[n].Y, 1)
+					}
 				}
 				line, points, err := plotter.NewLinePoints(xys)
 				if err != nil {

@@ -116,9 +116,9 @@ func childPIDs(pid int) []int {
 }
 
 // RaiseFileLimit raises this process's open-file limit (soft, and hard if
-// allowed: root) to at least n; children such as the control plane inherit
-// it. Each simulated agent holds one socket, and so does the control plane
-// for each agent. It returns the soft limit in effect.
+// allowed: CAP_SYS_RESOURCE) to at least n; children such as the control
+// plane inherit it. Each simulated agent holds one socket, and so does the
+// control plane for each agent. It returns the soft limit in effect.
 func RaiseFileLimit(n uint64) (uint64, error) {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
@@ -138,7 +138,7 @@ func RaiseFileLimit(n uint64) (uint64, error) {
 		if err2 := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err2 != nil {
 			return l.Cur, err
 		}
-		return l.Max, fmt.Errorf("open files limited to %d (hard limit; raising it needs root): %w", l.Max, err)
+		return l.Max, fmt.Errorf("open files limited to %d per process (the hard limit; raising it needs CAP_SYS_RESOURCE, e.g. ulimit -Hn in a privileged shell or the container's nofile ulimit): %w", l.Max, err)
 	}
 	return n, nil
 }

@@ -51,8 +51,8 @@ func WriteTable(w io.Writer, r *Result) {
 	}
 	row("T7", fmt.Sprintf("p50 %.1f ms, p99 %.1f ms, max %.1f ms (n=%d)", r.TriggerP50Ms, r.TriggerP99Ms, r.TriggerMaxMs, r.TriggerSamples))
 	if rr := r.Restart; rr != nil {
-		row("T8", fmt.Sprintf("%d/%d in %.1f s after ready (p50 %.1f s, p90 %.1f s); %s, down %.1f s",
-			rr.Reconnected, rr.Agents, rr.AllSeconds, rr.P50Seconds, rr.P90Seconds, rr.Signal, rr.DownSeconds))
+		row("T8", fmt.Sprintf("%d/%d in %.1f s after the %s (down %.1f s; then p50 %.1f s, p90 %.1f s, all %.1f s)",
+			rr.Reconnected, rr.Agents, rr.TotalSeconds, rr.Signal, rr.DownSeconds, rr.P50Seconds, rr.P90Seconds, rr.AllSeconds))
 		fmt.Fprintf(tw, "\t  of which dial to Welcome\tp50 %.0f ms, p99 %.0f ms; last dial %.1f s after ready\t\n",
 			rr.DialToWelcomeP50Ms, rr.DialToWelcomeP99Ms, rr.LastDialSeconds)
 	} else {
@@ -92,7 +92,7 @@ func WriteSweepTable(w io.Writer, rs []*Result) {
 	for _, r := range rs {
 		rec := "-"
 		if r.Restart != nil {
-			rec = fmt.Sprintf("%.1f", r.Restart.AllSeconds)
+			rec = fmt.Sprintf("%.1f", r.Restart.TotalSeconds)
 		}
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%.0f\t%s\t%.1f\t%.1f\t%.0f\t%.1f\t%.2f\t%.1f\t%s\t\n",
 			r.Agents, r.AgentsHeldMin, r.Drops, r.ResultsPerSecond, kb(r.CPRSSBytes), r.CPRSSPerAgentKB,
@@ -106,4 +106,22 @@ func WriteJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// ReadResults reads the JSON that --json-file wrote for a sweep (an array)
+// or a single run, so that it can be plotted again.
+func ReadResults(r io.Reader) ([]*Result, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	var rs []*Result
+	if err := json.Unmarshal(b, &rs); err == nil {
+		return rs, nil
+	}
+	var one Result
+	if err := json.Unmarshal(b, &one); err != nil {
+		return nil, fmt.Errorf("not tend-bench JSON: %w", err)
+	}
+	return []*Result{&one}, nil
 }

@@ -248,10 +248,11 @@ type Result struct {
 // RestartResult is the --restart scenario.
 type RestartResult struct {
 	Signal string `json:"signal"`
-	// DownSeconds: from the signal to the new process answering /healthz.
+	// DownSeconds: from the signal to the new process answering /healthz
+	// (or welcoming its first agent, if that came first).
 	DownSeconds float64 `json:"downSeconds"`
-	// AllSeconds: from the new process being ready to every agent being
-	// connected again; TotalSeconds: from the signal.
+	// TotalSeconds: from the signal to every agent being connected again
+	// (T8); AllSeconds: the same from the new process being up.
 	AllSeconds   float64 `json:"allReconnectedSeconds"`
 	TotalSeconds float64 `json:"totalSeconds"`
 	P50Seconds   float64 `json:"p50Seconds"`
@@ -330,6 +331,7 @@ type Runner struct {
 	cfg      Config
 	stateDir string
 	tempDir  bool
+	failed   bool // a run failed: keep the temporary dir (logs)
 	fleet    *Fleet
 }
 
@@ -349,9 +351,10 @@ func NewRunner(cfg Config) (*Runner, error) {
 	return r, nil
 }
 
-// Close removes a temporary state dir.
+// Close removes a temporary state dir, unless a run failed (its control
+// plane's log is there).
 func (r *Runner) Close() error {
-	if r.tempDir {
+	if r.tempDir && !r.failed {
 		return os.RemoveAll(r.stateDir)
 	}
 	return nil
@@ -392,11 +395,13 @@ func (r *Runner) Run(ctx context.Context, n int) (res *Result, err error) {
 		log.Info("starting control plane", "command", strings.Join(spawn.Command, " "), "data_dir", spawn.DataDir)
 		cp, err = SpawnControlPlane(ctx, spawn)
 		if err != nil {
+			r.failed = true
 			return nil, err
 		}
 		defer func() {
 			cp.Stop()
 			if err != nil {
+				r.failed = true
 				err = fmt.Errorf("%w (control plane log: %s)", err, cp.LogPath())
 			}
 		}()
@@ -525,6 +530,9 @@ func (r *Runner) Run(ctx context.Context, n int) (res *Result, err error) {
 	psi0 := readPressure()
 	profDone := make(chan string, 1)
 	if cfg.ProfileDir != "" && cp.PprofURL != "" {
+		// Lock contention is counted from the start: the window's share is
+		// `go tool pprof -base mutex-N-start.pprof mutex-N.pprof`.
+		_ = fetch(ctx, cp.PprofURL+"/debug/pprof/mutex", filepath.Join(cfg.ProfileDir, fmt.Sprintf("mutex-%d-start.pprof", n)))
 		go func() {
 			path := filepath.Join(cfg.ProfileDir, fmt.Sprintf("cpu-%d.pprof", n))
 			if err := fetch(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", cp.PprofURL, int(cfg.Duration.Seconds())), path); err != nil {
@@ -564,9 +572,11 @@ func (r *Runner) Run(ctx context.Context, n int) (res *Result, err error) {
 		res.Profiles = append(res.Profiles, path)
 	}
 	if cfg.ProfileDir != "" && cp.PprofURL != "" {
-		path := filepath.Join(cfg.ProfileDir, fmt.Sprintf("heap-%d.pprof", n))
-		if err := fetch(ctx, cp.PprofURL+"/debug/pprof/heap", path); err == nil {
-			res.Profiles = append(res.Profiles, path)
+		for _, kind := range []string{"heap", "mutex"} {
+			path := filepath.Join(cfg.ProfileDir, fmt.Sprintf("%s-%d.pprof", kind, n))
+			if err := fetch(ctx, cp.PprofURL+"/debug/pprof/"+kind, path); err == nil {
+				res.Profiles = append(res.Profiles, path)
+			}
 		}
 	}
 
@@ -737,6 +747,18 @@ func restart(ctx context.Context, cfg Config, cp *ControlPlane, sim *simFleet, n
 	}
 	rr.Reconnected = len(times)
 	if len(times) > 0 {
+		// Under a reconnect storm /healthz can answer late: the first
+		// agent back proves the control plane was up.
+		first := times[0]
+		for _, t := range times {
+			if t.Before(first) {
+				first = t
+			}
+		}
+		if first.Before(up) {
+			up = first
+			rr.DownSeconds = up.Sub(t0).Seconds()
+		}
 		handshake := make([]time.Duration, len(times))
 		for i := range times {
 			handshake[i] = times[i].Sub(dials[i])

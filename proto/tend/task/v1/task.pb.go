@@ -196,10 +196,13 @@ type StandingOrder struct {
 	MaxPerHour   uint32               `protobuf:"varint,13,opt,name=max_per_hour,json=maxPerHour,proto3" json:"max_per_hour,omitempty"`
 	// After a run, the check must pass within verify_within; the next run
 	// waits at least backoff.
-	VerifyWithin  *durationpb.Duration   `protobuf:"bytes,14,opt,name=verify_within,json=verifyWithin,proto3" json:"verify_within,omitempty"`
-	Backoff       *durationpb.Duration   `protobuf:"bytes,15,opt,name=backoff,proto3" json:"backoff,omitempty"`
-	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	VerifyWithin *durationpb.Duration   `protobuf:"bytes,14,opt,name=verify_within,json=verifyWithin,proto3" json:"verify_within,omitempty"`
+	Backoff      *durationpb.Duration   `protobuf:"bytes,15,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	NotBefore    *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	ExpiresAt    *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// After this many runs that were not verified, the agent stops acting
+	// on the same failure until the check has passed a whole window.
+	MaxAttempts   uint32 `protobuf:"varint,18,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -353,6 +356,13 @@ func (x *StandingOrder) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *StandingOrder) GetMaxAttempts() uint32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
 type Envelope struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "tend.task.v1.Task".
@@ -444,7 +454,7 @@ const file_tend_task_v1_task_proto_rawDesc = "" +
 	"expires_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x123\n" +
 	"\atimeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x18\n" +
-	"\aattempt\x18\f \x01(\rR\aattempt\"\xb2\x05\n" +
+	"\aattempt\x18\f \x01(\rR\aattempt\"\xd5\x05\n" +
 	"\rStandingOrder\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x19\n" +
 	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x16\n" +
@@ -466,7 +476,8 @@ const file_tend_task_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"not_before\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x129\n" +
 	"\n" +
-	"expires_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"|\n" +
+	"expires_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12!\n" +
+	"\fmax_attempts\x18\x12 \x01(\rR\vmaxAttempts\"|\n" +
 	"\bEnvelope\x12!\n" +
 	"\fpayload_type\x18\x01 \x01(\tR\vpayloadType\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x15\n" +
