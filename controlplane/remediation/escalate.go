@@ -217,8 +217,12 @@ func (m *Manager) recover() error {
 		if err != nil {
 			return fmt.Errorf("load tasks of %s: %w", inc.ID, err)
 		}
+		sealed := 0
 		for j := range its {
 			t := its[j]
+			if t.Seq > 0 {
+				sealed++
+			}
 			if t.State == store.TaskAwaitingApproval {
 				tr.approval = &t
 				continue
@@ -233,6 +237,11 @@ func (m *Manager) recover() error {
 				tr.lastEnd = t.FinishedAt
 				tr.finished = t.FinishedAt
 			}
+		}
+		// An attempt counts once its task is stored, even if the control
+		// plane died before the incident recorded it.
+		if sealed > tr.inc.Attempts {
+			tr.inc.Attempts = sealed
 		}
 		switch {
 		case tr.task != nil:

@@ -76,6 +76,10 @@ type track struct {
 	task      *store.Task     // task in flight for the open incident
 	approval  *store.Task     // task awaiting approval for the open incident
 	slot      bool            // holds a max_concurrent slot (dispatch to end of attempt)
+	// lastResult: when the last result of this (agent, policy) arrived;
+	// verifyWaits: how often verification waited again for a silent agent.
+	lastResult  time.Time
+	verifyWaits int
 	passes    int             // consecutive passing results
 	resolved  time.Time       // last verified recovery (cooldown)
 	lastEnd   time.Time       // when the last attempt ended
@@ -319,6 +323,9 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 		failed, passed, _ := rule.Classify(context.Background(), r, labels)
 		m.noteResult(p, agentID, failed, passed, now)
 		tr, ok := m.tracks[key{agentID, p.Name()}]
+		if ok {
+			tr.lastResult = now
+		}
 		if ok && passed && tr.inc != nil && tr.inc.State == store.IncidentVerifying && !r.GetStartedAt().AsTime().Before(tr.finished) {
 			m.resolve(tr, fmt.Sprintf("verified: %s passed %s after the task finished (%s; reported after a reconnect)",
 				p.Name(), r.GetStartedAt().AsTime().Sub(tr.finished).Round(time.Millisecond), firstLine(r.GetOutput())))
@@ -326,6 +333,7 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 		return
 	}
 	tr := m.track(agentID, p.Name())
+	tr.lastResult = now
 	d := rule.Observe(&tr.state, r, labels, now)
 	if d.Passed {
 		tr.passes++

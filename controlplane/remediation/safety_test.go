@@ -340,3 +340,19 @@ func TestSlotHeldUntilVerified(t *testing.T) {
 	h.incident("a1", "web", store.IncidentResolved)
 	h.task("a2")
 }
+
+// No result after a task (the agent is cut off) is no evidence that it
+// failed: verification waits instead of acting again.
+func TestVerificationWaitsForASilentAgent(t *testing.T) {
+	h := newHarness(t, safetyPolicy(`{correlation: {percent: 0}}`), "a1")
+	h.fail("a1")
+	tk := h.task("a1")
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_SUCCEEDED, "")
+	h.incident("a1", "web", store.IncidentVerifying)
+	time.Sleep(2500 * time.Millisecond) // verify.within is 1s
+	h.noTask("a1")
+	inc := h.incident("a1", "web", store.IncidentVerifying)
+	require.Contains(t, inc.Timeline[len(inc.Timeline)-1].Message, "no result of web from the agent")
+	h.result("a1", "web", ok)
+	h.incident("a1", "web", store.IncidentResolved)
+}

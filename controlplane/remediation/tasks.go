@@ -304,6 +304,7 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 		m.event(tr, store.Event{At: now, Kind: "finished", TaskID: t.ID, Message: "succeeded: " + firstLine(output)}, "")
 		m.event(tr, store.Event{At: now, Kind: "verifying", TaskID: t.ID,
 			Message: fmt.Sprintf("waiting up to %s for %s to pass again", within, t.Policy)}, store.IncidentVerifying)
+		tr.verifyWaits = 0
 		m.after(tr, now.Add(within), func() { m.notVerified(tr, t.Policy, within) })
 	case store.TaskRejected:
 		m.event(tr, store.Event{At: now, Kind: "rejected", TaskID: t.ID, Message: "the agent rejected the task: " + reason}, "")
@@ -331,11 +332,25 @@ func (m *Manager) notVerified(tr *track, pol string, within time.Duration) {
 	if tr.inc == nil || tr.inc.State != store.IncidentVerifying {
 		return
 	}
+	// No result at all since the task finished (the agent is cut off, or
+	// its results are held up): that is no evidence of failure. Wait
+	// longer rather than act again on a host that may be fine.
+	if now := m.cfg.Now(); tr.lastResult.Before(now.Add(-within)) && tr.verifyWaits < maxVerifyWaits {
+		tr.verifyWaits++
+		m.event(tr, store.Event{Kind: "verifying", Message: fmt.Sprintf("no result of %s from the agent in the last %s: waiting %s more (%d of %d)",
+			pol, within, within, tr.verifyWaits, maxVerifyWaits)}, "")
+		m.after(tr, now.Add(within), func() { m.notVerified(tr, pol, within) })
+		return
+	}
 	why := fmt.Sprintf("not verified: %s did not pass within %s of the task", pol, within)
 	m.releaseSlot(tr)
 	m.noteFailedAttempt(tr, why)
 	m.retryOrEscalate(tr, why)
 }
+
+// maxVerifyWaits bounds how many times verification waits again for a
+// silent agent before it counts as not verified.
+const maxVerifyWaits = 10
 
 // retryOrEscalate schedules the next attempt after the backoff, or
 // escalates when the attempts are used up or the policy's breaker is open.
