@@ -103,9 +103,9 @@ type Autonomy struct {
 	// online: the control plane was reachable at the last result; a
 	// failure streak counts only from when it became unreachable.
 	online bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // New loads the stored standing orders; Stop ends runs in progress.

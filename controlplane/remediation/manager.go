@@ -70,23 +70,23 @@ type key struct{ agent, policy string }
 
 // track is the loop's memory of one (agent, policy).
 type track struct {
-	key       key
-	state     engine.State
-	inc       *store.Incident // open incident, nil if none
-	task      *store.Task     // task in flight for the open incident
-	approval  *store.Task     // task awaiting approval for the open incident
-	slot      bool            // holds a max_concurrent slot (dispatch to end of attempt)
+	key      key
+	state    engine.State
+	inc      *store.Incident // open incident, nil if none
+	task     *store.Task     // task in flight for the open incident
+	approval *store.Task     // task awaiting approval for the open incident
+	slot     bool            // holds a max_concurrent slot (dispatch to end of attempt)
 	// lastResult: when the last result of this (agent, policy) arrived;
 	// verifyWaits: how often verification waited again for a silent agent.
 	lastResult  time.Time
 	verifyWaits int
-	passes    int             // consecutive passing results
-	resolved  time.Time       // last verified recovery (cooldown)
-	lastEnd   time.Time       // when the last attempt ended
-	finished  time.Time       // agent time the last task finished (verification)
-	timer     *time.Timer
-	timerGen  uint64
-	triggerAt time.Time // when the triggering result reached the control plane
+	passes      int       // consecutive passing results
+	resolved    time.Time // last verified recovery (cooldown)
+	lastEnd     time.Time // when the last attempt ended
+	finished    time.Time // agent time the last task finished (verification)
+	timer       *time.Timer
+	timerGen    uint64
+	triggerAt   time.Time // when the triggering result reached the control plane
 }
 
 // Manager is the remediation loop.

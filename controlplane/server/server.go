@@ -205,7 +205,7 @@ func New(cfg Config) (*Server, error) {
 		// A policy whose breaker opens or that a correlated hold stops
 		// loses its standing orders at once (and gets them back after).
 		OnHoldChange: func(string) { s.policies.PushOrders(s.fleet, ring.Active, time.Now()) },
-		Log:       log.With("component", "remediation"),
+		Log:          log.With("component", "remediation"),
 		Observe: func(step string, d time.Duration) {
 			latency.WithLabelValues(step).Observe(d.Seconds())
 			log.Debug("remediation latency", "step", step, "latency", d)

@@ -54,7 +54,9 @@ func TestAutonomousPolicyFixesAKilledProcessWhileCutOff(t *testing.T) {
 		out, _, err := cp.tendctl(t, "get", "checks", "-o", "json")
 		return err == nil && strings.Count(out, `"status": "ok"`) >= 2
 	}, 20*time.Second, 200*time.Millisecond)
-	require.Eventually(t, func() bool { return strings.Contains(auto.agent.output(), "standing orders updated") && strings.Contains(auto.agent.output(), "orders=1") },
+	require.Eventually(t, func() bool {
+		return strings.Contains(auto.agent.output(), "standing orders updated") && strings.Contains(auto.agent.output(), "orders=1")
+	},
 		10*time.Second, 100*time.Millisecond, "the autonomous host holds its standing order")
 
 	// Cut off: the control plane dies; both services are killed.
