@@ -252,10 +252,13 @@ func (h *Admin) RevokeCredential(ctx context.Context, req *adminv1.RevokeCredent
 	return resp, nil
 }
 
+// keyInfo counts, among the connected agents, those holding the key. An
+// agent that is not connected needs no count: it is sent the key set right
+// after Welcome, before any task, when it connects (and in every renewal).
 func (h *Admin) keyInfo(k keys.Info) *adminv1.SigningKeyInfo {
 	var ids []string
 	for _, a := range h.Fleet.List() {
-		if !a.Revoked {
+		if !a.Revoked && a.Status == store.StatusConnected {
 			ids = append(ids, a.ID)
 		}
 	}

@@ -44,6 +44,10 @@ const (
 	StateRetired   = "retired"
 )
 
+// MaxPublished is the most keys published at once (agents accept at most
+// 16 in a set; rotation needs two).
+const MaxPublished = 8
+
 // Errors callers map to API codes.
 var (
 	ErrNotFound = errors.New("no such signing key")
@@ -248,6 +252,10 @@ func (r *Ring) Rotate() (Info, error) {
 	}
 	sk := &pki.SigningKey{ID: pki.KeyID(pub), Priv: priv, Pub: pub}
 	r.mu.Lock()
+	if n := len(r.keys) - r.countLocked(StateRetired); n >= MaxPublished {
+		r.mu.Unlock()
+		return Info{}, fmt.Errorf("%d keys are published already (at most %d): activate one and retire the old ones first: %w", n, MaxPublished, ErrState)
+	}
 	e := entry{info: Info{ID: sk.ID, State: StatePublished, CreatedAt: r.now()}, key: sk}
 	r.keys = append(r.keys, e)
 	if err := r.saveLocked(); err != nil {
