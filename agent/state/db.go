@@ -23,6 +23,7 @@ import (
 const (
 	DefaultOutboxMax   = 100000
 	DefaultLockTimeout = 5 * time.Second
+	DefaultAckDelay    = 5 * time.Second
 )
 
 // maxResultsPerCommit bounds one group commit, so a burst of appends does not
@@ -46,6 +47,18 @@ type Options struct {
 	OutboxMax int
 	// LockTimeout is how long Open waits for the file lock (default 5s).
 	LockTimeout time.Duration
+	// AckDelay is how long Ack may defer deleting acknowledged results
+	// (default 5s; negative: delete at once). A deferred deletion is
+	// written by the next Append's transaction, or on its own when no
+	// Append comes within AckDelay, or by Close: an agent whose checks
+	// finish every few seconds writes no transaction (two fsyncs) for
+	// its acks. The deletion takes effect in memory at once (Pending and
+	// Stats skip the acknowledged results, OutboxMax does not count
+	// them). A crash before it is written only means the results are
+	// sent again, and the control plane skips a result at or below its
+	// high-water mark of the agent (and acknowledges through it in
+	// Welcome, which deletes them before anything is sent).
+	AckDelay time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -54,6 +67,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = DefaultLockTimeout
+	}
+	if o.AckDelay == 0 {
+		o.AckDelay = DefaultAckDelay
 	}
 	return o
 }
@@ -69,6 +85,14 @@ type DB struct {
 	closed   bool
 	appendCh chan *appendReq
 	done     chan struct{} // closed when the committer has exited
+
+	// Deferred acks (see Options.AckDelay): ackWant is the highest seq
+	// acknowledged, ackDone the highest whose deletion is committed (both
+	// under statsMu); ackCh tells the committer that ackWant moved.
+	ackDelay time.Duration
+	ackCh    chan struct{}
+	ackWant  uint64
+	ackDone  uint64
 
 	// writeMu serialises the transactions that change the outbox, so the
 	// cached stats are updated in commit order.
@@ -105,6 +129,8 @@ func Open(path string, opts Options) (*DB, error) {
 		max:      uint64(opts.OutboxMax),
 		appendCh: make(chan *appendReq, 256),
 		done:     make(chan struct{}),
+		ackDelay: opts.AckDelay,
+		ackCh:    make(chan struct{}, 1),
 	}
 	var st outboxStats
 	err = bdb.Update(func(tx *bolt.Tx) error {
@@ -128,7 +154,8 @@ func Open(path string, opts Options) (*DB, error) {
 // Path is the database file's path.
 func (d *DB) Path() string { return d.path }
 
-// Close waits for pending appends to commit and closes the file. Calling it
+// Close waits for pending appends and deferred acks to commit and closes
+// the file. Calling it
 // again does nothing.
 func (d *DB) Close() error {
 	d.closeMu.Lock()

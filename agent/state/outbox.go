@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
@@ -52,27 +53,126 @@ func (d *DB) Append(results ...*agentv1.CheckResult) error {
 	return <-req.done
 }
 
-// committer turns queued appends into group commits until Close.
+// committer turns queued appends into group commits until Close. It also
+// writes deferred acks (Options.AckDelay): with the next group commit, or
+// on their own when none comes within AckDelay, and at Close.
 func (d *DB) committer() {
 	defer close(d.done)
-	for req := range d.appendCh {
-		reqs := []*appendReq{req}
-		n := len(req.results)
-	drain:
-		for n < maxResultsPerCommit {
-			select {
-			case r, ok := <-d.appendCh:
-				if !ok {
+	var timer *time.Timer
+	var timerC <-chan time.Time
+	stopTimer := func() {
+		if timer != nil {
+			timer.Stop()
+			timer, timerC = nil, nil
+		}
+	}
+	for {
+		select {
+		case req, ok := <-d.appendCh:
+			if !ok {
+				stopTimer()
+				d.flushAcks()
+				return
+			}
+			reqs := []*appendReq{req}
+			n := len(req.results)
+		drain:
+			for n < maxResultsPerCommit {
+				select {
+				case r, ok := <-d.appendCh:
+					if !ok {
+						break drain
+					}
+					reqs = append(reqs, r)
+					n += len(r.results)
+				default:
 					break drain
 				}
-				reqs = append(reqs, r)
-				n += len(r.results)
-			default:
-				break drain
 			}
+			d.commit(reqs)
+			if !d.acksDeferred() {
+				stopTimer()
+			}
+		case <-d.ackCh:
+			if timer == nil && d.acksDeferred() {
+				timer = time.NewTimer(d.ackDelay)
+				timerC = timer.C
+			}
+		case <-timerC:
+			timer, timerC = nil, nil
+			d.flushAcks()
 		}
-		d.commit(reqs)
 	}
+}
+
+// acksDeferred reports whether an ack is waiting to be written.
+func (d *DB) acksDeferred() bool {
+	d.statsMu.Lock()
+	defer d.statsMu.Unlock()
+	return d.ackWant > d.ackDone
+}
+
+// ackWanted returns the deferred ack to write with the next transaction,
+// or 0 if there is none.
+func (d *DB) ackWanted() uint64 {
+	d.statsMu.Lock()
+	defer d.statsMu.Unlock()
+	if d.ackWant > d.ackDone {
+		return d.ackWant
+	}
+	return 0
+}
+
+// flushAcks writes a deferred ack in a transaction of its own. On failure
+// the ack stays deferred: the next group commit or Ack tries again.
+func (d *DB) flushAcks() {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	want := d.ackWanted()
+	if want == 0 {
+		return
+	}
+	var st outboxStats
+	err := d.bolt.Update(func(tx *bolt.Tx) error {
+		var err error
+		st, _, err = applyAck(tx, want)
+		return err
+	})
+	if err == nil {
+		d.setStatsAcked(st, want)
+	}
+}
+
+// applyAck deletes every result with seq <= through and moves the next
+// sequence number past through, within tx. It returns the outbox counters
+// and whether anything changed.
+func applyAck(tx *bolt.Tx, through uint64) (outboxStats, bool, error) {
+	ob := tx.Bucket(bucketOutbox)
+	om := tx.Bucket(bucketOutboxMeta)
+	st := outboxStats{
+		pending: getU64(om, keyPending),
+		dropped: getU64(om, keyDroppedTotal),
+		next:    max(getU64(om, keyNextSeq), 1),
+	}
+	n, err := deleteOldest(ob, ^uint64(0), through)
+	if err != nil {
+		return st, false, err
+	}
+	changed := n > 0
+	if n > 0 {
+		st.pending -= min(n, st.pending)
+		if err := om.Put(keyPending, u64(st.pending)); err != nil {
+			return st, false, err
+		}
+	}
+	if through >= st.next {
+		st.next = through + 1
+		if err := om.Put(keyNextSeq, u64(st.next)); err != nil {
+			return st, false, err
+		}
+		changed = true
+	}
+	return st, changed, nil
 }
 
 func (d *DB) commit(reqs []*appendReq) {
@@ -80,7 +180,15 @@ func (d *DB) commit(reqs []*appendReq) {
 	var st outboxStats
 	d.inCommit.Store(int64(len(reqs)))
 	d.writeMu.Lock()
+	ackWant := d.ackWanted()
 	err := d.bolt.Update(func(tx *bolt.Tx) error {
+		if ackWant > 0 {
+			// A deferred ack goes first, so that it neither counts
+			// towards OutboxMax nor shows up as dropped.
+			if _, _, err := applyAck(tx, ackWant); err != nil {
+				return err
+			}
+		}
 		ob := tx.Bucket(bucketOutbox)
 		ob.FillPercent = fillPercent
 		om := tx.Bucket(bucketOutboxMeta)
@@ -121,7 +229,7 @@ func (d *DB) commit(reqs []*appendReq) {
 		return err
 	})
 	if err == nil {
-		d.setStats(st)
+		d.setStatsAcked(st, ackWant)
 	}
 	d.inCommit.Store(0)
 	d.writeMu.Unlock()
@@ -195,6 +303,9 @@ func deleteOldest(ob *bolt.Bucket, limit, through uint64) (uint64, error) {
 // Pending returns up to max results with seq > afterSeq, in seq order. A
 // max of 0 or less means no limit.
 func (d *DB) Pending(afterSeq uint64, max int) ([]*agentv1.CheckResult, error) {
+	d.statsMu.Lock()
+	afterSeq = maxU64(afterSeq, d.ackWant) // acknowledged, deletion deferred
+	d.statsMu.Unlock()
 	var out []*agentv1.CheckResult
 	err := d.bolt.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketOutbox).Cursor()
@@ -218,53 +329,59 @@ var errNoChange = errors.New("no change")
 // Ack deletes every result with seq <= throughSeq: the control plane has
 // them. If throughSeq is at or beyond the next sequence number (the control
 // plane knows results this database has forgotten, e.g. after a restore from
-// backup), the next sequence number moves past it, so that new results are
-// never mistaken for duplicates.
+// backup), the next sequence number moves past it at once, so that new
+// results are never mistaken for duplicates. Otherwise the deletion may be
+// deferred (Options.AckDelay): Pending and Stats skip the results at once,
+// and the file forgets them with the next transaction.
 func (d *DB) Ack(throughSeq uint64) error {
 	if throughSeq == 0 {
 		return nil
+	}
+	d.statsMu.Lock()
+	if throughSeq <= d.ackWant {
+		d.statsMu.Unlock()
+		return nil // already acknowledged
+	}
+	deferred := d.ackDelay > 0 && throughSeq < d.stats.next
+	if deferred {
+		d.ackWant = throughSeq
+	}
+	d.statsMu.Unlock()
+	if deferred {
+		d.closeMu.RLock()
+		closed := d.closed
+		d.closeMu.RUnlock()
+		if !closed {
+			select {
+			case d.ackCh <- struct{}{}:
+			default:
+			}
+			return nil
+		}
 	}
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
 	var st outboxStats
 	err := d.bolt.Update(func(tx *bolt.Tx) error {
-		ob := tx.Bucket(bucketOutbox)
-		om := tx.Bucket(bucketOutboxMeta)
-		st = outboxStats{
-			pending: getU64(om, keyPending),
-			dropped: getU64(om, keyDroppedTotal),
-			next:    max(getU64(om, keyNextSeq), 1),
-		}
-		n, err := deleteOldest(ob, ^uint64(0), throughSeq)
-		if err != nil {
-			return err
-		}
-		changed := n > 0
-		if n > 0 {
-			st.pending -= min(n, st.pending)
-			if err := om.Put(keyPending, u64(st.pending)); err != nil {
-				return err
-			}
-		}
-		if throughSeq >= st.next {
-			st.next = throughSeq + 1
-			if err := om.Put(keyNextSeq, u64(st.next)); err != nil {
-				return err
-			}
-			changed = true
-		}
-		if !changed {
+		var changed bool
+		var err error
+		st, changed, err = applyAck(tx, throughSeq)
+		if err == nil && !changed {
 			return errNoChange // roll back: nothing to write, no fsync
 		}
-		return nil
+		return err
 	})
 	if errors.Is(err, errNoChange) {
+		d.statsMu.Lock()
+		d.ackWant = max(d.ackWant, throughSeq)
+		d.ackDone = max(d.ackDone, throughSeq)
+		d.statsMu.Unlock()
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("ack outbox %s through %d: %w", d.path, throughSeq, err)
 	}
-	d.setStats(st)
+	d.setStatsAcked(st, throughSeq)
 	return nil
 }
 
@@ -274,7 +391,16 @@ func (d *DB) Ack(throughSeq uint64) error {
 func (d *DB) Stats() (pending, droppedTotal, nextSeq uint64) {
 	d.statsMu.Lock()
 	defer d.statsMu.Unlock()
-	return d.stats.pending, d.stats.dropped, d.stats.next
+	st := d.stats
+	if d.ackWant > d.ackDone && st.pending > 0 {
+		// The outbox holds the contiguous seqs next-pending .. next-1;
+		// those up to ackWant are acknowledged, their deletion deferred.
+		first := st.next - st.pending
+		if last := min(d.ackWant, st.next-1); last >= first {
+			st.pending -= min(last-first+1, st.pending)
+		}
+	}
+	return st.pending, st.dropped, st.next
 }
 
 func (d *DB) setStats(st outboxStats) {
@@ -282,3 +408,15 @@ func (d *DB) setStats(st outboxStats) {
 	d.stats = st
 	d.statsMu.Unlock()
 }
+
+// setStatsAcked sets the counters after a transaction that also wrote the
+// acks through acked (0: none).
+func (d *DB) setStatsAcked(st outboxStats, acked uint64) {
+	d.statsMu.Lock()
+	d.stats = st
+	d.ackDone = max(d.ackDone, acked)
+	d.ackWant = max(d.ackWant, acked)
+	d.statsMu.Unlock()
+}
+
+func maxU64(a, b uint64) uint64 { return max(a, b) }

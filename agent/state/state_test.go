@@ -391,3 +391,71 @@ func TestAppendAfterClose(t *testing.T) {
 	require.ErrorIs(t, d.Append(result("late")), ErrClosed)
 	require.NoError(t, d.Close(), "Close twice is fine")
 }
+
+// stored counts the results in the file, deferred acks not applied.
+func stored(t *testing.T, d *DB) int {
+	t.Helper()
+	n := 0
+	require.NoError(t, d.bolt.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketOutbox).Stats().KeyN
+		return nil
+	}))
+	return n
+}
+
+func TestAckDeferredUntilNextAppendOrClose(t *testing.T) {
+	d, _ := testDB(t, Options{AckDelay: time.Hour})
+	require.NoError(t, d.Append(results(10)...))
+	commits := d.commits.Load()
+	require.NoError(t, d.Ack(4))
+	rs, err := d.Pending(0, 0)
+	require.NoError(t, err)
+	require.Equal(t, span(5, 10), seqs(rs), "acknowledged results are not pending, at once")
+	pending, _, next := d.Stats()
+	require.Equal(t, uint64(6), pending)
+	require.Equal(t, uint64(11), next)
+	require.Equal(t, 10, stored(t, d), "the deletion waits")
+
+	require.NoError(t, d.Append(result("x")))
+	require.Equal(t, commits+1, d.commits.Load())
+	require.Equal(t, 7, stored(t, d), "the next append's transaction deletes them")
+	pending, _, _ = d.Stats()
+	require.Equal(t, uint64(7), pending)
+
+	require.NoError(t, d.Ack(8))
+	require.NoError(t, d.Ack(6), "an older ack changes nothing")
+	d = reopen(t, d, Options{AckDelay: time.Hour})
+	rs, err = d.Pending(0, 0)
+	require.NoError(t, err)
+	require.Equal(t, span(9, 11), seqs(rs), "Close writes the deferred ack")
+	require.Equal(t, 3, stored(t, d))
+}
+
+func TestAckDeferredWrittenAfterDelay(t *testing.T) {
+	d, _ := testDB(t, Options{AckDelay: 20 * time.Millisecond})
+	require.NoError(t, d.Append(results(5)...))
+	require.NoError(t, d.Ack(3))
+	require.Eventually(t, func() bool { return stored(t, d) == 2 }, 10*time.Second, 5*time.Millisecond)
+	pending, _, _ := d.Stats()
+	require.Equal(t, uint64(2), pending)
+}
+
+func TestAckDeferredIsNotDroppedWhenFull(t *testing.T) {
+	d, _ := testDB(t, Options{AckDelay: time.Hour, OutboxMax: 5})
+	require.NoError(t, d.Append(results(5)...))
+	require.NoError(t, d.Ack(3))
+	require.NoError(t, d.Append(results(3)...))
+	pending, dropped, _ := d.Stats()
+	require.Equal(t, uint64(5), pending)
+	require.Zero(t, dropped, "acknowledged results leave before the bound is applied")
+	rs, err := d.Pending(0, 0)
+	require.NoError(t, err)
+	require.Equal(t, span(4, 8), seqs(rs))
+}
+
+func TestAckImmediateWithNegativeDelay(t *testing.T) {
+	d, _ := testDB(t, Options{AckDelay: -1})
+	require.NoError(t, d.Append(results(5)...))
+	require.NoError(t, d.Ack(3))
+	require.Equal(t, 2, stored(t, d))
+}

@@ -41,6 +41,7 @@ const (
 	DefaultPollInterval       = time.Second
 	DefaultHeartbeatInterval  = 10 * time.Second // when Welcome does not say
 	DefaultTaskResendInterval = 30 * time.Second
+	DefaultLinger             = 100 * time.Millisecond
 )
 
 // Message size limits of the agent's connection (DialOptions). The
@@ -130,6 +131,15 @@ type Config struct {
 	// long is sent again, with every later one, on the same session
 	// (default 30s).
 	TaskResendInterval time.Duration
+	// Linger is how long a result may wait for others to share its batch
+	// (default 100ms; negative: send at once). The sender waits while
+	// fewer than a full batch are unsent and the oldest of them has
+	// waited less than Linger; a full batch, a batch with any result that
+	// is not OK (it may complete a trigger), results already in the
+	// outbox when the session began, and task updates never wait. One
+	// message per result costs the control plane several times the CPU
+	// of a shared one (docs/BENCHMARKS.md, T4).
+	Linger time.Duration
 	// PollInterval is how often the sender looks at the outbox when Notify
 	// is not called (default 1s).
 	PollInterval time.Duration
@@ -158,6 +168,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TaskResendInterval <= 0 {
 		c.TaskResendInterval = DefaultTaskResendInterval
+	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = DefaultPollInterval

@@ -450,3 +450,45 @@ func assertEventually(cond func() bool) bool {
 	}
 	return cond()
 }
+
+func TestLingerGroupsResultsIntoOneBatch(t *testing.T) {
+	cp := newFakeCP(t)
+	const linger = 2 * time.Second // far longer than the appends take
+	h := start(t, cp, func(c *Config) { c.BatchMax = 50; c.Linger = linger })
+	require.Eventually(t, h.c.Connected, waitFor, tick)
+
+	begin := time.Now()
+	for range 5 {
+		h.appendN(t, 1) // each append notifies the sender on its own
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.Eventually(t, func() bool { return cp.seenAll(5) }, waitFor, tick)
+	elapsed := time.Since(begin)
+	require.Equal(t, 1, cp.get(func(f *fakeCP) int { return f.batches }), "results within the linger share one batch")
+	require.GreaterOrEqual(t, elapsed, linger, "the batch waited for the linger")
+	require.Less(t, elapsed, linger+waitFor, "and not much longer")
+
+	// A lone result waits at most the linger too.
+	h.appendN(t, 1)
+	require.Eventually(t, func() bool { return cp.seenAll(6) }, linger+waitFor, tick)
+	require.Equal(t, 2, cp.get(func(f *fakeCP) int { return f.batches }))
+}
+
+func TestLingerNeverDelaysAFullBatch(t *testing.T) {
+	cp := newFakeCP(t)
+	h := start(t, cp, func(c *Config) { c.BatchMax = 5; c.Linger = time.Hour })
+	require.Eventually(t, h.c.Connected, waitFor, tick)
+
+	h.appendN(t, 12)
+	require.Eventually(t, func() bool { return cp.seenAll(10) }, waitFor, tick, "two full batches go at once")
+	require.Equal(t, 2, cp.get(func(f *fakeCP) int { return f.batches }), "the two left over wait")
+}
+
+func TestLingerSkipsResultsFromBeforeTheSession(t *testing.T) {
+	cp := newFakeCP(t)
+	cp.set(func(f *fakeCP) { f.refuse = true })
+	h := start(t, cp, func(c *Config) { c.Linger = time.Hour })
+	h.appendN(t, 3)
+	cp.set(func(f *fakeCP) { f.refuse = false })
+	require.Eventually(t, func() bool { return cp.seenAll(3) }, waitFor, tick, "a backlog is sent at once on connect")
+}

@@ -183,6 +183,12 @@ func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window
 	runsGen := c.runsGen.Load() - 1                 // read them once at the start
 	hbTimer := time.NewTimer(c.jitter(hb))
 	defer hbTimer.Stop()
+	// Results already in the outbox at the start never linger.
+	_, _, next := c.cfg.DB.Stats()
+	lg := &linger{noWaitThrough: next - 1}
+	lingerTimer := time.NewTimer(time.Hour)
+	lingerTimer.Stop()
+	defer lingerTimer.Stop()
 	poll := time.NewTicker(c.cfg.PollInterval)
 	defer poll.Stop()
 	for {
@@ -196,8 +202,14 @@ func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window
 				return err
 			}
 		}
-		if err := c.fill(stream, win, &lastSent); err != nil {
+		wait, err := c.fill(stream, win, &lastSent, lg)
+		if err != nil {
 			return err
+		}
+		if wait > 0 {
+			lingerTimer.Reset(wait)
+		} else {
+			lingerTimer.Stop()
 		}
 		if id, sentAt, ok := win.oldest(); ok && time.Since(sentAt) > c.cfg.AckTimeout {
 			return fmt.Errorf("no ack for batch %d within %s", id, c.cfg.AckTimeout)
@@ -218,6 +230,7 @@ func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window
 		case <-c.notify:
 		case <-win.wake:
 		case <-poll.C:
+		case <-lingerTimer.C:
 		case <-hbTimer.C:
 			pending, dropped, _ := c.cfg.DB.Stats()
 			beat := &agentv1.Heartbeat{
@@ -243,17 +256,48 @@ func (c *Client) jitter(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (1 + 0.1*(2*c.rand()-1)))
 }
 
-// fill sends batches from the outbox while the window has room.
-func (c *Client) fill(stream connectStream, win *window, lastSent *uint64) error {
+// allOK reports whether every result passed: only those may linger. A
+// result that is not OK may complete a trigger, and goes at once.
+func allOK(rs []*agentv1.CheckResult) bool {
+	for _, r := range rs {
+		if r.GetStatus() != agentv1.CheckStatus_CHECK_STATUS_OK {
+			return false
+		}
+	}
+	return true
+}
+
+// linger is the send loop's state for Config.Linger.
+type linger struct {
+	noWaitThrough uint64    // results up to this seq never wait
+	seq           uint64    // the oldest unsent result seen waiting...
+	since         time.Time // ... and since when
+}
+
+// fill sends batches from the outbox while the window has room. When fewer
+// than a full batch are unsent and the oldest of them has waited less than
+// Config.Linger, it sends nothing and returns how much longer to wait.
+func (c *Client) fill(stream connectStream, win *window, lastSent *uint64, lg *linger) (time.Duration, error) {
 	for win.inFlight() < c.cfg.MaxInFlight {
 		rs, err := c.cfg.DB.Pending(*lastSent, c.cfg.BatchMax)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if len(rs) == 0 {
-			return nil
+			return 0, nil
 		}
+		n := len(rs)
 		rs = capBytes(rs, c.cfg.BatchMaxBytes)
+		full := len(rs) >= c.cfg.BatchMax || len(rs) < n
+		if first := rs[0].GetSeq(); c.cfg.Linger > 0 && !full && first > lg.noWaitThrough && allOK(rs) {
+			now := time.Now()
+			if lg.seq != first {
+				lg.seq, lg.since = first, now
+			}
+			if wait := c.cfg.Linger - now.Sub(lg.since); wait > 0 {
+				return wait, nil
+			}
+		}
 		_, dropped, _ := c.cfg.DB.Stats()
 		b := sentBatch{
 			id:     c.batchID.Add(1),
@@ -269,14 +313,14 @@ func (c *Client) fill(stream connectStream, win *window, lastSent *uint64) error
 			OutboxDroppedTotal: dropped,
 		}}})
 		if err != nil {
-			return fmt.Errorf("send batch %d (seq %d-%d): %w", b.id, b.first, b.last, err)
+			return 0, fmt.Errorf("send batch %d (seq %d-%d): %w", b.id, b.first, b.last, err)
 		}
 		*lastSent = b.last
 		c.batchesSent.Add(1)
 		c.resultsSent.Add(uint64(len(rs)))
 		c.log.Debug("sent results", "batch_id", b.id, "first_seq", b.first, "last_seq", b.last, "count", b.n)
 	}
-	return nil
+	return 0, nil
 }
 
 // taskUpdateBatch is how many task updates are read from the outbox at once.
