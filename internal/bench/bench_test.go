@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"tend.dev/tend/agent/stream"
 	"tend.dev/tend/controlplane/server"
 	"tend.dev/tend/internal/policy"
 )
@@ -218,4 +219,30 @@ func TestValidate(t *testing.T) {
 		require.Error(t, c.Validate())
 	}
 	require.True(t, strings.HasPrefix(policyName(3), "bench-"))
+}
+
+// The restart scenario's connection rate and backoff envelope check, on
+// made-up reconnections: one agent on the schedule, one too soon.
+func TestRestartEnvelope(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	require.Equal(t, 2, peakPerSecond(t0, []time.Time{at(0.1), at(0.9), at(1.0), at(2.5)}))
+	b := stream.DefaultBackoff()
+	recs := []reconnection{
+		// 1 s after the end (schedule: 0.8-1.2 s): refused; 1.6 s later: ok.
+		{ended: at(0), attempts: []sessionAttempt{{at(1), 0}, {at(2.6), 1}}},
+		// 0.5 s after the end: too soon.
+		{ended: at(0), attempts: []sessionAttempt{{at(0.5), 0}, {at(2.7), 1}}},
+	}
+	var rr RestartResult
+	rr.envelope(t0, []time.Time{at(2.7), at(2.8)}, []time.Time{at(2.6), at(2.7)}, recs, b)
+	require.Equal(t, 1, rr.BackoffViolations)
+	require.Equal(t, 4, rr.Attempts)
+	require.Equal(t, 2, rr.PeakDialsPerSecond)
+	require.Equal(t, 2, rr.PeakWelcomesPerSecond)
+	require.InDelta(t, 0.5, rr.EarliestRetrySeconds, 1e-9)
+	// Both agents' retries fall on or after 2.6 s, the first accept: the
+	// envelope allows both in one second at most.
+	require.GreaterOrEqual(t, rr.EnvelopePeakPerSecond, 1)
+	require.LessOrEqual(t, rr.EnvelopePeakPerSecond, 2)
 }

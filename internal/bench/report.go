@@ -55,6 +55,8 @@ func WriteTable(w io.Writer, r *Result) {
 			rr.Reconnected, rr.Agents, rr.TotalSeconds, rr.Signal, rr.DownSeconds, rr.P50Seconds, rr.P90Seconds, rr.AllSeconds))
 		fmt.Fprintf(tw, "\t  of which dial to Welcome\tp50 %.0f ms, p99 %.0f ms; last dial %.1f s after ready\t\n",
 			rr.DialToWelcomeP50Ms, rr.DialToWelcomeP99Ms, rr.LastDialSeconds)
+		fmt.Fprintf(tw, "\t  connection rate (1 s buckets)\tpeak %d welcomes/s, %d dials/s, %d attempts/s; backoff envelope allows %d dials/s; %d of %d attempts sooner than the envelope\t\n",
+			rr.PeakWelcomesPerSecond, rr.PeakDialsPerSecond, rr.PeakAttemptsPerSecond, rr.EnvelopePeakPerSecond, rr.BackoffViolations, rr.Attempts)
 	} else {
 		row("T8", "not run (--restart term|kill)")
 	}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -31,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"tend.dev/tend/agent/stream"
 	adminv1 "tend.dev/tend/proto/tend/admin/v1"
 )
 
@@ -264,6 +266,23 @@ type RestartResult struct {
 	DialToWelcomeP50Ms float64 `json:"dialToWelcomeP50Ms"`
 	DialToWelcomeP99Ms float64 `json:"dialToWelcomeP99Ms"`
 	LastDialSeconds    float64 `json:"lastDialSeconds"`
+	// The connection rate, in 1 s buckets from the signal: the most
+	// agents welcomed back in one, the most successful dials begun in one,
+	// and the most session attempts (failed ones included) begun in one.
+	PeakWelcomesPerSecond int `json:"peakWelcomesPerSecond"`
+	PeakDialsPerSecond    int `json:"peakDialsPerSecond"`
+	PeakAttemptsPerSecond int `json:"peakAttemptsPerSecond"`
+	// The backoff envelope (1 s ×1.6 ±20%, max 120 s): EnvelopePeakPerSecond
+	// is the most successful dials in one 1 s bucket that agents following
+	// it could make, given when each one's session ended and when the new
+	// control plane first took a connection (the maximum over simulated
+	// runs of the schedule with random jitter); BackoffViolations counts
+	// attempts that came sooner after the previous one (or the session's
+	// end) than the envelope's lower edge, (1-jitter) × the schedule.
+	EnvelopePeakPerSecond int     `json:"envelopePeakPerSecond"`
+	BackoffViolations     int     `json:"backoffViolations"`
+	Attempts              int     `json:"attempts"`
+	EarliestRetrySeconds  float64 `json:"earliestRetrySeconds"`
 }
 
 // Label is the selector label of the bench's policies and agents.
@@ -775,8 +794,83 @@ func restart(ctx context.Context, cfg Config, cp *ControlPlane, sim *simFleet, n
 		rr.AllSeconds = after(times[len(times)-1])
 		rr.TotalSeconds = times[len(times)-1].Sub(t0).Seconds()
 	}
+	if len(dials) > 0 {
+		rr.envelope(t0, times, dials, sim.reconnectionsSince(t0), sim.backoff)
+	}
 	cfg.Log.Info("reconnected", "agents", rr.Reconnected, "of", n, "after_ready_s", fmt.Sprintf("%.1f", rr.AllSeconds))
 	return rr, nil
+}
+
+// peakPerSecond is the most of ts in one 1 s bucket from t0.
+func peakPerSecond(t0 time.Time, ts []time.Time) int {
+	n := map[int64]int{}
+	peak := 0
+	for _, t := range ts {
+		b := int64(t.Sub(t0) / time.Second)
+		if t.Before(t0) {
+			b = -1
+		}
+		n[b]++
+		peak = max(peak, n[b])
+	}
+	return peak
+}
+
+// envelopeTrials is how many runs of the backoff schedule envelope
+// simulates.
+const envelopeTrials = 200
+
+// envelope measures the reconnection's rate and checks it against the
+// backoff envelope: see RestartResult.
+func (rr *RestartResult) envelope(t0 time.Time, welcomes, dials []time.Time, recs []reconnection, b stream.BackoffConfig) {
+	rr.PeakWelcomesPerSecond = peakPerSecond(t0, welcomes)
+	rr.PeakDialsPerSecond = peakPerSecond(t0, dials)
+	accept := dials[0] // the new control plane's first connection
+	for _, d := range dials {
+		if d.Before(accept) {
+			accept = d
+		}
+	}
+	var attempts []time.Time
+	rr.EarliestRetrySeconds = -1
+	for _, r := range recs {
+		prev := r.ended
+		for _, a := range r.attempts {
+			attempts = append(attempts, a.at)
+			rr.Attempts++
+			if a.backoff >= 0 && a.at.Sub(prev) < b.Delay(a.backoff, 0)-time.Millisecond {
+				rr.BackoffViolations++
+			}
+			if rr.EarliestRetrySeconds < 0 || a.at.Sub(r.ended).Seconds() < rr.EarliestRetrySeconds {
+				rr.EarliestRetrySeconds = a.at.Sub(r.ended).Seconds()
+			}
+			prev = a.at
+		}
+	}
+	rr.PeakAttemptsPerSecond = peakPerSecond(t0, attempts)
+	// The envelope: each agent retries from the end of its session on the
+	// schedule, from the backoff attempt its first retry used, with random
+	// jitter; the first attempt at or after accept succeeds.
+	rnd := mrand.New(mrand.NewPCG(1, 2))
+	ok := make([]time.Time, 0, len(recs))
+	for range envelopeTrials {
+		ok = ok[:0]
+		for _, r := range recs {
+			if len(r.attempts) == 0 || r.attempts[0].backoff < 0 {
+				continue
+			}
+			at, k := r.ended, r.attempts[0].backoff
+			for {
+				at = at.Add(b.Delay(k, rnd.Float64()))
+				k++
+				if !at.Before(accept) {
+					ok = append(ok, at)
+					break
+				}
+			}
+		}
+		rr.EnvelopePeakPerSecond = max(rr.EnvelopePeakPerSecond, peakPerSecond(t0, ok))
+	}
 }
 
 // cpReading is the control plane's state at one moment.

@@ -249,6 +249,44 @@ func (s *simFleet) reconnectedSince(t time.Time) (welcomes, dials []time.Time) {
 	return welcomes, dials
 }
 
+// reconnection is one agent's way back after its session ended at or after
+// t: when that session ended and when each attempt since then began.
+type reconnection struct {
+	ended    time.Time
+	attempts []sessionAttempt
+}
+
+// sessionAttempt is one session attempt: when it began, and the backoff attempt
+// number of the delay that preceded it (-1: none, the agent's first).
+type sessionAttempt struct {
+	at      time.Time
+	backoff int
+}
+
+// reconnectionsSince returns the reconnection of every agent whose session
+// ended at or after t.
+func (s *simFleet) reconnectionsSince(t time.Time) []reconnection {
+	var rs []reconnection
+	s.each(func(a *simAgent) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for _, e := range a.ends {
+			if e.Before(t) {
+				continue
+			}
+			r := reconnection{ended: e}
+			for _, at := range a.attempts {
+				if at.at.After(e) {
+					r.attempts = append(r.attempts, at)
+				}
+			}
+			rs = append(rs, r)
+			return
+		}
+	})
+	return rs
+}
+
 // simAgent is one simulated agent: its own TCP connection, TLS session and
 // stream, speaking the agent protocol as tend-agent does.
 type simAgent struct {
@@ -272,6 +310,11 @@ type simAgent struct {
 	connected   bool
 	lastWelcome time.Time
 	lastDial    time.Time // when the session that got lastWelcome was dialed
+	// attempts: when each session attempt began (dialed); ends: when each
+	// session that got Welcome ended. For the restart scenario's backoff
+	// envelope check (reconnects are rare: these stay short).
+	attempts []sessionAttempt
+	ends     []time.Time
 }
 
 type outResult struct {
@@ -314,13 +357,19 @@ func (a *simAgent) poke() {
 // run keeps a session up, reconnecting with the agent's backoff (gRPC's:
 // 1 s ×1.6 ±20%, max 120 s, reset after 10 s up).
 func (a *simAgent) run(ctx context.Context) {
-	attempt := 0
+	attempt, after := 0, -1
 	for ctx.Err() == nil {
+		a.mu.Lock()
+		a.attempts = append(a.attempts, sessionAttempt{at: time.Now(), backoff: after})
+		a.mu.Unlock()
 		up := a.session(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if up > 0 {
+			a.mu.Lock()
+			a.ends = append(a.ends, time.Now())
+			a.mu.Unlock()
 			if !a.s.expectDown.Load() {
 				a.s.c.Drops.Add(1)
 			}
@@ -334,6 +383,7 @@ func (a *simAgent) run(ctx context.Context) {
 		r := a.rnd.Float64()
 		a.mu.Unlock()
 		d := a.s.backoff.Delay(attempt, r)
+		after = attempt
 		attempt++
 		t := time.NewTimer(d)
 		select {

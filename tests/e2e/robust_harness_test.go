@@ -140,6 +140,9 @@ type robustOptions struct {
 	// cut (robust_netns_test.go); the other agents stay in the test's
 	// namespace.
 	net *netTopo
+	// partitioned: how many agents (the first ones) run in the agent's
+	// namespace of net, cut off together (0: one).
+	partitioned int
 	// outboxMax of the first agent (0: the default).
 	outboxMax int
 	// policies is how many remediation policies each agent has (default
@@ -205,7 +208,7 @@ func newRobustWorld(t *testing.T, scenario string, o robustOptions) *robustWorld
 	for i := range o.agents {
 		dir := t.TempDir()
 		h := &robustHost{name: fmt.Sprintf("robust-%d", i+1), dir: dir, data: filepath.Join(dir, "data"), cfg: filepath.Join(dir, "agent.yaml")}
-		if i == 0 && o.net != nil {
+		if i < max(o.partitioned, 1) && o.net != nil {
 			h.ns = o.net.nsAgent
 		}
 		var cfg strings.Builder
