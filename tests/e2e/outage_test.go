@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"tend.dev/tend/agent/state"
+	"tend.dev/tend/agent/stream"
 	adminv1 "tend.dev/tend/proto/tend/admin/v1"
 )
 
@@ -100,7 +101,12 @@ func TestControlPlaneOutageLosesNoResult(t *testing.T) {
 		stored := uint64(len(seqs))
 		t.Logf("agent %s: produced %d results, %d stored (%d taken during the %s outage), %d still in outbox after stop",
 			n, produced, stored, inOutage, outageEnd.Sub(outageStart).Round(time.Second), pending)
-		require.Equal(t, produced, stored+pending, "every produced result is stored or still pending in the outbox")
+		// Nothing is lost: every produced result is stored or still in the
+		// outbox. A result can be both, when the agent stopped after the
+		// control plane stored its batch and before the ack arrived (it is
+		// sent again and skipped by seq): at most one batch window of them.
+		require.LessOrEqual(t, produced, stored+pending, "every produced result is stored or still pending in the outbox")
+		require.LessOrEqual(t, stored+pending, produced+uint64(stream.DefaultMaxInFlight*stream.DefaultBatchMax), "only results of unacknowledged batches may be both")
 		require.GreaterOrEqual(t, inOutage, 40, "two 1s checks over a 30s outage should give ~60 results")
 
 		resp, err := admin.ListAgents(ctxTimeout(t, 5*time.Second), &adminv1.ListAgentsRequest{})
