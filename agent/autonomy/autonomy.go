@@ -31,6 +31,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"tend.dev/tend/agent/state"
@@ -99,7 +100,8 @@ type Autonomy struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	byCheck map[string][]*order // check id → orders
+	byCheck map[string][]*order     // check id → orders
+	last    *agentv1.StandingOrders // the set applied last
 	// online: the control plane was reachable at the last result; a
 	// failure streak counts only from when it became unreachable.
 	online bool
@@ -142,6 +144,12 @@ func (a *Autonomy) Stop() {
 // durably. Orders that do not verify are dropped (and logged); the trigger
 // state of a check that keeps an order is kept.
 func (a *Autonomy) SetOrders(so *agentv1.StandingOrders) error {
+	a.mu.Lock()
+	same := a.last != nil && proto.Equal(a.last, so)
+	a.mu.Unlock()
+	if same {
+		return nil // the usual case: still no orders, sent on every connect
+	}
 	if err := a.cfg.DB.SaveStandingOrders(so); err != nil {
 		return err
 	}
@@ -185,6 +193,7 @@ func (a *Autonomy) set(so *agentv1.StandingOrders, logIt bool) {
 		next[o.GetCheckId()] = append(next[o.GetCheckId()], nu)
 	}
 	a.byCheck = next
+	a.last = so
 	if logIt {
 		n := 0
 		for _, os := range next {

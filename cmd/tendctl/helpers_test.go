@@ -11,7 +11,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"log/slog"
 	"math/big"
 	"net"
 	"path/filepath"
@@ -160,7 +159,7 @@ func startFake(t *testing.T) (*fakeAdmin, string) {
 		status: map[string]*adminv1.PolicyStatus{}, ca: pki.ca}
 	// The control plane's own access policy: roles from the certificate's
 	// OU, revoked credentials refused.
-	auth := &api.Authorizer{CredentialAllowed: f.credentialAllowed, Log: slog.New(slog.DiscardHandler)}
+	auth := &api.Authorizer{CredentialAllowed: f.credentialAllowed}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{pki.server},
 		ClientCAs:    pki.pool,

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"log/slog"
 	"slices"
 	"time"
 
@@ -78,7 +77,6 @@ type Authorizer struct {
 	// CredentialAllowed says whether an admin API credential (by its
 	// certificate serial) is still valid (not revoked).
 	CredentialAllowed func(id pki.Identity) error
-	Log               *slog.Logger
 }
 
 func peerIdentity(ctx context.Context) (pki.Identity, error) {

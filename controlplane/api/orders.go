@@ -65,18 +65,11 @@ func standingOrder(lp loadedPolicy, agentID string, labels map[string]string, ke
 	if off == nil {
 		off = &policy.Offline{After: policy.Duration(policy.DefaultOfflineAfter), MaxPerHour: policy.DefaultOfflineMaxPerHour, ValidFor: policy.Duration(policy.DefaultOfflineValidFor)}
 	}
-	raw := map[string]any{}
-	if rem.Params != nil {
-		raw = rem.Params
-	}
-	sub, err := policy.SubstituteParams(raw, labels)
+	values, err := rem.ParamsFor(labels)
 	if err != nil {
 		return nil, fmt.Errorf("remediation params: %w", err)
 	}
-	if err := policy.ValidateParamsFor(rem.Action, sub.(map[string]any)); err != nil {
-		return nil, fmt.Errorf("remediation params: %w", err)
-	}
-	params, err := structpb.NewStruct(sub.(map[string]any))
+	params, err := structpb.NewStruct(values)
 	if err != nil {
 		return nil, fmt.Errorf("remediation params: %w", err)
 	}

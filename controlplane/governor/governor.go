@@ -21,6 +21,9 @@
 //     incident escalates, not this one.
 //  4. flapping: the check flaps; remediating again and again does not
 //     help. Ask again when it stops.
+//     4a. recovering: the check passed its latest result(s); it may be
+//     recovering by itself. Ask again at its next failure (a whole window
+//     of passes resolves the incident instead).
 //  5. cooldown: the last verified recovery of this (agent, policy) was less
 //     than `cooldown` ago. Retry when it ends.
 //  6. backoff: the previous attempt ended less than backoff·2^(attempts-1)
@@ -64,6 +67,7 @@ const (
 	RuleBreakerOpen        = "breaker_open"
 	RuleCorrelated         = "correlated"
 	RuleFlapping           = "flapping"
+	RuleRecovering         = "recovering"
 	RuleCooldown           = "cooldown"
 	RuleBackoff            = "backoff"
 	RuleApprovalTimeout    = "approval_timeout"
@@ -77,7 +81,7 @@ const (
 
 // Order lists the rules in the order Decide applies them.
 var Order = []string{
-	RuleMaxAttempts, RuleBreakerOpen, RuleCorrelated, RuleFlapping,
+	RuleMaxAttempts, RuleBreakerOpen, RuleCorrelated, RuleFlapping, RuleRecovering,
 	RuleCooldown, RuleBackoff, RuleApprovalTimeout, RuleApprovalRequired,
 	RuleMaxConcurrent, RuleFleetMaxConcurrent, RuleMaxPerHour, RuleFleetMaxPerHour,
 	RuleShadow,
@@ -123,6 +127,8 @@ type Input struct {
 
 	// Flapping: the engine reports the check as flapping.
 	Flapping bool
+	// Passing is how many results in a row passed (0: the latest failed).
+	Passing int
 
 	// Running is the number of tasks of this policy in flight fleet-wide;
 	// MaxConcurrent the limit already resolved against the matched agents.
@@ -249,6 +255,11 @@ func Decide(in Input) Decision {
 	if in.Flapping {
 		return Decision{Rule: RuleFlapping,
 			Reason: "flapping: the check is flapping; no remediation until it stops"}
+	}
+
+	if in.Passing > 0 {
+		return Decision{Rule: RuleRecovering,
+			Reason: fmt.Sprintf("recovering: the check passed its last %d result(s); waiting for a whole window of passes (resolved) or a new failure", in.Passing)}
 	}
 
 	if !in.LastResolved.IsZero() && in.Cooldown > 0 {

@@ -233,6 +233,7 @@ func TestDecideOrder(t *testing.T) {
 	in.BreakerOpen = true
 	in.Correlated = true
 	in.Flapping = true
+	in.Passing = 1
 	in.LastResolved = now.Add(-time.Minute)
 	in.LastAttemptEnd = now.Add(-time.Second)
 	in.RequireApproval, in.ApprovalDeadline = true, now.Add(-time.Second)
@@ -246,6 +247,7 @@ func TestDecideOrder(t *testing.T) {
 		RuleBreakerOpen: func(in *Input) { in.BreakerOpen = false },
 		RuleCorrelated:  func(in *Input) { in.Correlated = false },
 		RuleFlapping:    func(in *Input) { in.Flapping = false },
+		RuleRecovering:  func(in *Input) { in.Passing = 0 },
 		RuleCooldown:    func(in *Input) { in.LastResolved = time.Time{} },
 		RuleBackoff:     func(in *Input) { in.LastAttemptEnd = time.Time{} },
 		// Approval is skipped in shadow mode: test it in enforce mode
@@ -283,6 +285,7 @@ func TestDecideEscalateAndRetry(t *testing.T) {
 		{RuleBreakerOpen, true, false, func(in *Input) { in.BreakerOpen = true }},
 		{RuleCorrelated, false, false, func(in *Input) { in.Correlated = true }},
 		{RuleFlapping, false, false, func(in *Input) { in.Flapping = true }},
+		{RuleRecovering, false, false, func(in *Input) { in.Passing = 2 }},
 		{RuleCooldown, false, true, func(in *Input) { in.LastResolved = now }},
 		{RuleBackoff, false, true, func(in *Input) { in.Attempts, in.LastAttemptEnd = 1, now }},
 		{RuleApprovalTimeout, true, false, func(in *Input) { in.RequireApproval, in.ApprovalDeadline = true, now }},

@@ -122,18 +122,8 @@ type params struct {
 // taskParams substitutes the agent's labels into the policy's params.
 func (m *Manager) taskParams(tr *track, p *policy.Policy) (params, error) {
 	agent, _ := m.cfg.Fleet.Get(tr.key.agent)
-	raw := map[string]any{}
-	if p.Spec.Remediation.Params != nil {
-		raw = p.Spec.Remediation.Params
-	}
-	sub, err := policy.SubstituteParams(raw, agent.Labels)
+	values, err := p.Spec.Remediation.ParamsFor(agent.Labels)
 	if err != nil {
-		return params{}, fmt.Errorf("remediation params of %s: %w", p.Name(), err)
-	}
-	values := sub.(map[string]any)
-	// Checked again after substitution, against the action's schema:
-	// label values come from agents and are hostile.
-	if err := policy.ValidateParamsFor(p.Spec.Remediation.Action, values); err != nil {
 		return params{}, fmt.Errorf("remediation params of %s for this agent: %w", p.Name(), err)
 	}
 	b, err := json.Marshal(values)

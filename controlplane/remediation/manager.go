@@ -381,7 +381,7 @@ func (m *Manager) observe(agentID string, r *agentv1.CheckResult, received time.
 			m.cancelTimer(tr)
 		case tr.task == nil && tr.passes >= p.Spec.Trigger.Window:
 			m.resolve(tr, fmt.Sprintf("recovered without remediation: %d passing results in a row", tr.passes))
-		case d.Failed && tr.task == nil && !tr.slot && lastEvent(tr.inc).Rule == ruleRecovering:
+		case d.Failed && tr.task == nil && !tr.slot && lastEvent(tr.inc).Rule == governor.RuleRecovering:
 			m.attempt(tr)
 		}
 	}
@@ -522,16 +522,6 @@ func (m *Manager) attempt(tr *track) {
 		return
 	}
 	now := m.cfg.Now()
-	if tr.passes > 0 {
-		// The check passes now: no remediation on a check that may be
-		// recovering by itself; it is resolved after a whole window of
-		// passes, or attempted again at its next failure.
-		if last := lastEvent(tr.inc); last.Rule != ruleRecovering {
-			m.event(tr, store.Event{Kind: "suppressed", Rule: ruleRecovering,
-				Message: fmt.Sprintf("%s: the check passed its last %d result(s); waiting for a whole window of passes (resolved) or a new failure", ruleRecovering, tr.passes)}, store.IncidentSuppressed)
-		}
-		return
-	}
 	in := governor.FromPolicy(p, m.matchedCount(p.Name(), m.cfg.Now()))
 	in.Now = now
 	if a, ok := m.cfg.Fleet.Get(tr.key.agent); ok {
@@ -541,6 +531,7 @@ func (m *Manager) attempt(tr *track) {
 	in.LastAttemptEnd = tr.lastEnd
 	in.LastResolved = tr.resolved
 	in.Flapping = tr.state.Flapping
+	in.Passing = tr.passes
 	in.Running = m.running[p.Name()]
 	hw := m.hourWindow(p.Name())
 	in.StartedLastHour = hw.Count(now)
@@ -587,9 +578,6 @@ func (m *Manager) attempt(tr *track) {
 	}
 	m.dispatch(tr, p)
 }
-
-// ruleRecovering names the manager's own "not now": the check passes.
-const ruleRecovering = "recovering"
 
 func approvalID(tr *track) string {
 	if tr.approval != nil {

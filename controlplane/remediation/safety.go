@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -132,21 +133,12 @@ func (m *Manager) reattempt(pol string, rules []string) {
 		}
 		if rules != nil {
 			last := lastEvent(tr.inc)
-			if last.Kind != "suppressed" || !containsString(rules, last.Rule) {
+			if last.Kind != "suppressed" || !slices.Contains(rules, last.Rule) {
 				continue
 			}
 		}
 		m.attempt(tr)
 	}
-}
-
-func containsString(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // sortedTracks returns the tracks in a stable order (agent, policy), so

@@ -240,7 +240,7 @@ func New(cfg Config) (*Server, error) {
 		cleanup()
 		return nil, err
 	}
-	auth := &api.Authorizer{AgentAllowed: s.fleet.Allowed, CredentialAllowed: creds.Allowed, Log: log.With("component", "auth")}
+	auth := &api.Authorizer{AgentAllowed: s.fleet.Allowed, CredentialAllowed: creds.Allowed}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConf)),
 		grpc.ChainUnaryInterceptor(rec.Unary, auth.Unary, probeUnary(cfg.HandlerProbe)),

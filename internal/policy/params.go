@@ -64,6 +64,26 @@ func ValidateParamsFor(action string, params map[string]any) error {
 	return nil
 }
 
+// ParamsFor is the remediation's params for one agent: its labels
+// substituted, then checked against the action's schema (label values come
+// from agents and are hostile). Every task and standing order is built
+// from it.
+func (r *Remediation) ParamsFor(labels map[string]string) (map[string]any, error) {
+	raw := map[string]any{}
+	if r.Params != nil {
+		raw = r.Params
+	}
+	sub, err := SubstituteParams(raw, labels)
+	if err != nil {
+		return nil, err
+	}
+	values := sub.(map[string]any)
+	if err := ValidateParamsFor(r.Action, values); err != nil {
+		return nil, err
+	}
+	return values, nil
+}
+
 // walkStrings calls f with the path ("match.pidfile", "command[0]") and
 // value of every string in v, in a stable order.
 func walkStrings(v any, path string, f func(path, s string)) {

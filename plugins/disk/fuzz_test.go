@@ -1,15 +1,13 @@
 package disk
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"tend.dev/tend/internal/actions"
-	"tend.dev/tend/plugins/sdk"
+	"tend.dev/tend/plugins/sdk/sdktest"
 )
 
 // FuzzValidate: disk.cleanup's parameter validation never panics, agrees
@@ -36,14 +34,7 @@ func FuzzValidate(f *testing.F) {
 		if json.Unmarshal([]byte(in), &params) != nil {
 			return
 		}
-		err := p.Validate(context.Background(), ActionCleanup, params)
-		if serr := actions.Validate(ActionCleanup, params); (err == nil) != (serr == nil) || err != nil && err.Error() != serr.Error() {
-			t.Fatalf("the plugin and the schema disagree: %v / %v", err, serr)
-		}
-		if err != nil {
-			if !errors.Is(err, sdk.ErrInvalidParams) {
-				t.Fatalf("refused without ErrInvalidParams: %v", err)
-			}
+		if !sdktest.ValidateLikeSchema(t, p, ActionCleanup, params) {
 			return
 		}
 		c, _ := parseCleanup(ActionCleanup, params)

@@ -1,15 +1,12 @@
 package exec
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"tend.dev/tend/internal/actions"
-	"tend.dev/tend/plugins/sdk"
+	"tend.dev/tend/plugins/sdk/sdktest"
 )
 
 // FuzzValidate: exec.run's parameter validation never panics, refuses
@@ -41,14 +38,7 @@ func FuzzValidate(f *testing.F) {
 		if json.Unmarshal([]byte(in), &params) != nil {
 			return
 		}
-		err := p.Validate(context.Background(), ActionRun, params)
-		if serr := actions.Validate(ActionRun, params); (err == nil) != (serr == nil) || err != nil && err.Error() != serr.Error() {
-			t.Fatalf("the plugin and the schema disagree: %v / %v", err, serr)
-		}
-		if err != nil {
-			if !errors.Is(err, sdk.ErrInvalidParams) {
-				t.Fatalf("refused without ErrInvalidParams: %v", err)
-			}
+		if !sdktest.ValidateLikeSchema(t, p, ActionRun, params) {
 			return
 		}
 		r, _ := parseRun(ActionRun, params)

@@ -1,15 +1,13 @@
 package process
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"tend.dev/tend/internal/actions"
-	"tend.dev/tend/plugins/sdk"
+	"tend.dev/tend/plugins/sdk/sdktest"
 )
 
 // FuzzValidate: the parameter validation of process.restart and
@@ -54,14 +52,7 @@ func FuzzValidate(f *testing.F) {
 		if restart {
 			action = ActionRestart
 		}
-		err := p.Validate(context.Background(), action, params)
-		if serr := actions.Validate(action, params); (err == nil) != (serr == nil) || err != nil && err.Error() != serr.Error() {
-			t.Fatalf("the plugin and the schema disagree: %v / %v", err, serr)
-		}
-		if err != nil {
-			if !errors.Is(err, sdk.ErrInvalidParams) {
-				t.Fatalf("refused without ErrInvalidParams: %v", err)
-			}
+		if !sdktest.ValidateLikeSchema(t, p, action, params) {
 			return
 		}
 		parsed, _ := parse(action, params)

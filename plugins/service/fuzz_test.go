@@ -1,15 +1,13 @@
 package service
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"slices"
 	"strings"
 	"testing"
 
 	"tend.dev/tend/internal/actions"
-	"tend.dev/tend/plugins/sdk"
+	"tend.dev/tend/plugins/sdk/sdktest"
 )
 
 // FuzzValidate: service.restart's parameter validation never panics,
@@ -33,14 +31,7 @@ func FuzzValidate(f *testing.F) {
 		if json.Unmarshal([]byte(in), &params) != nil {
 			return
 		}
-		err := p.Validate(context.Background(), ActionRestart, params)
-		if serr := actions.Validate(ActionRestart, params); (err == nil) != (serr == nil) || err != nil && err.Error() != serr.Error() {
-			t.Fatalf("the plugin and the schema disagree: %v / %v", err, serr)
-		}
-		if err != nil {
-			if !errors.Is(err, sdk.ErrInvalidParams) {
-				t.Fatalf("refused without ErrInvalidParams: %v", err)
-			}
+		if !sdktest.ValidateLikeSchema(t, p, ActionRestart, params) {
 			return
 		}
 		unit, _ := parseRestart(ActionRestart, params)
