@@ -22,15 +22,20 @@ var ErrLocked = errors.New("data dir locked by another process")
 
 // Defaults for Options.
 const (
-	DefaultHistoryPerCheck = 100
-	DefaultLockTimeout     = time.Second
+	DefaultHistoryPerCheck    = 100
+	DefaultLockTimeout        = time.Second
+	DefaultCheckpointInterval = 5 * time.Second
 )
 
 // Options tune the store. The zero value is the production setting.
 type Options struct {
-	// HistoryPerCheck bounds the results kept per (agent, check); the
-	// oldest is deleted when a new one arrives. Default 100.
+	// HistoryPerCheck bounds the results kept per (agent, check): a check's
+	// history is its last HistoryPerCheck results. Default 100.
 	HistoryPerCheck int
+	// CheckpointInterval is how long a check's state may change in memory
+	// (and in the results log, which Open replays) before its check_state
+	// record is rewritten. Default 5s.
+	CheckpointInterval time.Duration
 	// LockTimeout is how long Open waits for the file lock held by another
 	// process before failing with ErrLocked. Default 1s.
 	LockTimeout time.Duration
@@ -49,14 +54,17 @@ func (o Options) withDefaults() Options {
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = DefaultLockTimeout
 	}
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = DefaultCheckpointInterval
+	}
 	return o
 }
 
 // Store is a store.Store on a bbolt file.
 type Store struct {
-	db              *bbolt.DB
-	historyPerCheck uint64
-	now             func() time.Time
+	db  *bbolt.DB
+	now func() time.Time
+	res resultsState
 }
 
 var _ store.Store = (*Store)(nil)
@@ -88,12 +96,22 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &Store{db: db, historyPerCheck: uint64(opts.HistoryPerCheck), now: time.Now}, nil
+	s := &Store{db: db, now: time.Now}
+	s.res.historyPerCheck = uint64(opts.HistoryPerCheck)
+	s.res.logSlack = uint64(opts.HistoryPerCheck)/4 + 16
+	s.res.checkpointEvery = opts.CheckpointInterval
+	if err := s.loadResults(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: load check states: %w", path, err)
+	}
+	return s, nil
 }
 
-// Close closes the file. Transactions in progress finish first.
+// Close writes the check states that changed since their last checkpoint
+// and closes the file. Transactions in progress finish first.
 func (s *Store) Close() error {
-	return s.db.Close()
+	err := s.flushResults()
+	return errors.Join(err, s.db.Close())
 }
 
 // Path is the file the store is in.
@@ -112,12 +130,16 @@ func (s *Store) SchemaVersion() (uint64, error) {
 }
 
 // Verify checks the whole file: bbolt's page consistency (tx.Check), every
-// bucket present, every record decodable, that each check's recorded
-// history length matches its history, and that the incident and task
+// bucket present, every record decodable, that each check's history holds
+// as many results as its state says, and that the incident and task
 // indexes hold exactly what the records say (see verifyRemediation). It
 // reads everything, so it is for tests, tools and startup after a crash,
 // not for the hot path.
 func (s *Store) Verify() error {
+	s.res.commitMu.Lock()
+	defer s.res.commitMu.Unlock()
+	s.res.mu.RLock()
+	defer s.res.mu.RUnlock()
 	return s.db.View(func(tx *bbolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() {
@@ -146,16 +168,7 @@ func (s *Store) Verify() error {
 			}
 			return nil
 		}))
-		errs = append(errs, t.forEachState(nil, func(k, v []byte) error {
-			h, _, err := decodeStateHeader(v)
-			if err != nil {
-				return fmt.Errorf("check %q: %w", k, err)
-			}
-			if n := t.historyLen(historyPrefix(k)); n != h.historyLen {
-				return fmt.Errorf("check %q: state says %d results in history, found %d", k, h.historyLen, n)
-			}
-			return nil
-		}))
+		errs = append(errs, s.verifyResults(t)...)
 		errs = append(errs, t.verifyRemediation()...)
 		return errors.Join(errs...)
 	})

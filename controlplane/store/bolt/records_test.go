@@ -24,25 +24,43 @@ func TestStateRecordRoundTrip(t *testing.T) {
 	require.ErrorContains(t, err, "corrupt agent counters")
 }
 
-// FuzzDecodeState: check_state values come from the file; decoding any bytes
-// must fail cleanly or round-trip.
-func FuzzDecodeState(f *testing.F) {
+func TestCheckRecordAndLogEntryRoundTrip(t *testing.T) {
+	rec := checkRecord{status: int32(stCrit), sinceNanos: t0.UnixNano(), streak: 3, count: 9, kept: 5, latest: 77}
+	got, err := decodeCheckRecord(rec.encode())
+	require.NoError(t, err)
+	require.Equal(t, rec, got)
+	_, err = decodeCheckRecord(checkRecord{count: 1, kept: 2, latest: 1}.encode())
+	require.ErrorContains(t, err, "2 kept of 1 results")
+
+	raw, err := proto.Marshal(result(7, "http", stCrit, t0))
+	require.NoError(t, err)
+	e, err := decodeLogEntry(encodeLogEntry(76, 9, 5, t0.UnixNano(), int32(stCrit), "a1", "http", raw))
+	require.NoError(t, err)
+	require.Equal(t, logEntry{prev: 76, ordinal: 9, kept: 5, atNanos: t0.UnixNano(), status: int32(stCrit),
+		agentID: []byte("a1"), checkID: []byte("http"), result: raw}, e)
+	_, err = decodeLogEntry(encodeLogEntry(0, 2, 1, 0, 0, "a1", "http", raw))
+	require.ErrorContains(t, err, "corrupt results log entry: ordinal 2, kept 1, previous entry 0")
+	_, err = decodeLogEntry([]byte{logFormat, 1})
+	require.ErrorContains(t, err, "corrupt results log entry: bad ordinal")
+}
+
+// FuzzDecodeRecords: check_state values and log entries come from the file;
+// decoding any bytes must fail cleanly or round-trip.
+func FuzzDecodeRecords(f *testing.F) {
 	raw, _ := proto.Marshal(result(7, "http", stOK, t0))
-	f.Add([]byte("a1\x00http"), stateHeader{status: 1, sinceNanos: 5, streak: 2, historyLen: 3}.encode(raw))
-	f.Add([]byte("a1"), []byte{1, 2, 3})
-	f.Add([]byte("a1\x00x"), make([]byte, stateHeaderLen))
-	f.Fuzz(func(t *testing.T, k, v []byte) {
-		st, err := decodeState(k, v)
-		if err != nil {
-			return
+	f.Add(checkRecord{status: 1, sinceNanos: 5, streak: 2, count: 3, kept: 3, latest: 4}.encode())
+	f.Add(encodeLogEntry(3, 2, 2, 5, 1, "a1", "http", raw))
+	f.Add([]byte{1, 2, 3})
+	f.Add(make([]byte, checkRecordLen))
+	f.Fuzz(func(t *testing.T, v []byte) {
+		if rec, err := decodeCheckRecord(v); err == nil {
+			require.Equal(t, v, rec.encode())
 		}
-		h, _, err := decodeStateHeader(v)
-		require.NoError(t, err)
-		require.Equal(t, h.streak, st.Streak)
-		require.Equal(t, h.historyLen, st.HistoryLen)
-		again, err := proto.Marshal(st.Last)
-		require.NoError(t, err)
-		_, err = decodeState(k, h.encode(again))
-		require.NoError(t, err)
+		if e, err := decodeLogEntry(v); err == nil {
+			again := encodeLogEntry(e.prev, e.ordinal, e.kept, e.atNanos, e.status, string(e.agentID), string(e.checkID), e.result)
+			e2, err := decodeLogEntry(again)
+			require.NoError(t, err)
+			require.Equal(t, e, e2)
+		}
 	})
 }

@@ -686,9 +686,9 @@ func TestRemediationReopenKeepsEverything(t *testing.T) {
 	require.NoError(t, s.Verify())
 }
 
-// TestNewBucketsJoinExistingV1Files: a version-1 file written before
-// incidents and tasks existed gets their buckets on open, keeps its data,
-// and stays at version 1.
+// TestNewBucketsJoinExistingV1Files: a file written before incidents and
+// tasks existed gets their buckets on open, keeps its data, and stays at
+// its version.
 func TestNewBucketsJoinExistingV1Files(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tend.db")
 	s, err := Open(path, Options{})
@@ -713,7 +713,7 @@ func TestNewBucketsJoinExistingV1Files(t *testing.T) {
 	s = testStoreAt(t, path, Options{})
 	v, err := s.SchemaVersion()
 	require.NoError(t, err)
-	require.Equal(t, uint64(1), v)
+	require.Equal(t, SchemaVersion, v)
 	require.NoError(t, s.Verify())
 	_, err = s.GetAgent("a1")
 	require.NoError(t, err)

@@ -3,6 +3,7 @@ package bolt
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,12 +17,17 @@ import (
 //
 // Per batch, results with seq at or below the agent's high-water mark
 // (including earlier results of the same call) count as duplicates; the
-// others go to the check's history (the oldest entry is deleted once the
-// check has HistoryPerCheck of them) and update its state. A batch is
-// refused on its own, with CommitOutcome.Err and nothing of it stored, when
-// its agent is unknown (store.ErrNotFound) or revoked (store.ErrRevoked), or
-// when a result is nil or has an empty check id or one with a NUL byte. The
-// returned error is for the transaction as a whole: then nothing is stored.
+// others are appended to the results log, become their check's latest
+// state, and join its history (of which the last HistoryPerCheck are kept).
+// A batch is refused on its own, with CommitOutcome.Err and nothing of it
+// stored, when its agent is unknown (store.ErrNotFound) or revoked
+// (store.ErrRevoked), or when a result is nil or has an empty check id or
+// one with a NUL byte. The returned error is for the transaction as a
+// whole: then nothing is stored.
+//
+// The same transaction writes the checkpoints of checks that changed more
+// than CheckpointInterval ago and trims the head of the log (see
+// results_log.go).
 func (s *Store) CommitResults(batches []store.ResultBatch) ([]store.CommitOutcome, error) {
 	outs := make([]store.CommitOutcome, len(batches))
 	if len(batches) == 0 {
@@ -34,22 +40,28 @@ func (s *Store) CommitResults(batches []store.ResultBatch) ([]store.CommitOutcom
 		encoded[i], outs[i].Err = encodeBatch(b)
 	}
 	now := s.now()
+	r := &s.res
+	r.commitMu.Lock()
+	defer r.commitMu.Unlock()
+	ct := r.begin(now)
 	err := s.update(func(t txn) error {
+		ct.bind(t)
 		for i, b := range batches {
 			if outs[i].Err != nil {
 				continue
 			}
-			out, err := s.commitBatch(t, b, encoded[i], now)
+			out, err := s.commitBatch(t, ct, b, encoded[i], now)
 			if err != nil {
 				return fmt.Errorf("commit results of agent %s: %w", b.AgentID, err)
 			}
 			outs[i] = out
 		}
-		return nil
+		return ct.finish(false)
 	})
 	if err != nil {
 		return nil, err
 	}
+	r.apply(ct)
 	return outs, nil
 }
 
@@ -78,7 +90,7 @@ func encodeBatch(b store.ResultBatch) ([][]byte, error) {
 
 // commitBatch stores one batch. A non-nil error aborts the whole
 // transaction; a refusal of this batch alone is in the outcome.
-func (s *Store) commitBatch(t txn, b store.ResultBatch, enc [][]byte, now time.Time) (store.CommitOutcome, error) {
+func (s *Store) commitBatch(t txn, ct *commitTx, b store.ResultBatch, enc [][]byte, now time.Time) (store.CommitOutcome, error) {
 	var out store.CommitOutcome
 	a, ok, err := t.agent(b.AgentID)
 	if err != nil {
@@ -109,7 +121,7 @@ func (s *Store) commitBatch(t txn, b store.ResultBatch, enc [][]byte, now time.T
 			out.Duplicates++
 			continue
 		}
-		if err := s.putResult(t, b.AgentID, r, enc[j], now); err != nil {
+		if err := ct.putResult(b.AgentID, r, enc[j], now); err != nil {
 			return out, err
 		}
 		c.highWater = r.GetSeq()
@@ -131,47 +143,6 @@ func (s *Store) commitBatch(t txn, b store.ResultBatch, enc [][]byte, now time.T
 	return out, nil
 }
 
-// putResult appends one new result to its check's history, trimming the
-// oldest entry when full, and makes it the check's latest state.
-func (s *Store) putResult(t txn, agentID string, r *agentv1.CheckResult, raw []byte, now time.Time) error {
-	ck := checkKey(agentID, r.GetCheckId())
-	h, ok, err := t.stateHeader(ck)
-	if err != nil {
-		return err
-	}
-	at := now
-	if ts := r.GetStartedAt(); ts != nil && ts.IsValid() {
-		at = ts.AsTime()
-	}
-	switch {
-	case !ok:
-		h = stateHeader{status: int32(r.GetStatus()), sinceNanos: at.UnixNano(), streak: 1}
-	case h.status != int32(r.GetStatus()):
-		h.status, h.sinceNanos, h.streak = int32(r.GetStatus()), at.UnixNano(), 1
-	default:
-		h.streak++
-	}
-	prefix := historyPrefix(ck)
-	// A loop, not an if: HistoryPerCheck may have been lowered since the
-	// history was written.
-	for h.historyLen >= s.historyPerCheck {
-		deleted, err := t.deleteOldestHistory(prefix)
-		if err != nil {
-			return err
-		}
-		if !deleted {
-			h.historyLen = 0
-			break
-		}
-		h.historyLen--
-	}
-	if err := t.putHistory(prefix, r.GetSeq(), raw); err != nil {
-		return err
-	}
-	h.historyLen++
-	return t.putState(ck, h, raw)
-}
-
 // Counters implements store.Store; store.ErrNotFound for an unknown agent.
 func (s *Store) Counters(agentID string) (store.AgentCounters, error) {
 	var c counterRecord
@@ -189,45 +160,57 @@ func (s *Store) Counters(agentID string) (store.AgentCounters, error) {
 // ListCheckStates implements store.Store, in (agent id, check id) order. An
 // unknown agent has no checks (an empty list, no error).
 func (s *Store) ListCheckStates(agentID string) ([]store.CheckState, error) {
-	var prefix []byte
-	if agentID != "" {
-		prefix = agentPrefix(agentID)
+	r := &s.res
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var ms []*checkMem
+	add := func(checks map[string]*checkMem) {
+		for _, m := range checks {
+			ms = append(ms, m)
+		}
 	}
-	var out []store.CheckState
+	if agentID != "" {
+		add(r.checks[agentID])
+	} else {
+		for _, checks := range r.checks {
+			add(checks)
+		}
+	}
+	slices.SortFunc(ms, func(a, b *checkMem) int {
+		if c := strings.Compare(a.agentID, b.agentID); c != 0 {
+			return c
+		}
+		return strings.Compare(a.checkID, b.checkID)
+	})
+	out := make([]store.CheckState, 0, len(ms))
 	err := s.view(func(t txn) error {
-		return t.forEachState(prefix, func(k, v []byte) error {
-			st, err := decodeState(k, v)
+		for _, m := range ms {
+			e, err := t.checkEntry(m.agentID, m.checkID, m.latest)
 			if err != nil {
 				return err
 			}
-			out = append(out, st)
-			return nil
-		})
+			last := new(agentv1.CheckResult)
+			if err := proto.Unmarshal(e.result, last); err != nil {
+				return fmt.Errorf("check %s/%s: decode latest result: %w", m.agentID, m.checkID, err)
+			}
+			out = append(out, store.CheckState{
+				AgentID:    m.agentID,
+				CheckID:    m.checkID,
+				Last:       last,
+				Since:      time.Unix(0, m.sinceNanos),
+				Streak:     m.streak,
+				HistoryLen: m.kept,
+			})
+		}
+		return nil
 	})
-	return out, err
-}
-
-func decodeState(k, v []byte) (store.CheckState, error) {
-	agentID, checkID, ok := splitCheckKey(k)
-	if !ok {
-		return store.CheckState{}, fmt.Errorf("corrupt check state key %q", k)
-	}
-	h, raw, err := decodeStateHeader(v)
 	if err != nil {
-		return store.CheckState{}, fmt.Errorf("check %s/%s: %w", agentID, checkID, err)
+		return nil, err
 	}
-	last := new(agentv1.CheckResult)
-	if err := proto.Unmarshal(raw, last); err != nil {
-		return store.CheckState{}, fmt.Errorf("check %s/%s: decode latest result: %w", agentID, checkID, err)
+	if len(out) == 0 {
+		return nil, nil
 	}
-	return store.CheckState{
-		AgentID:    agentID,
-		CheckID:    checkID,
-		Last:       last,
-		Since:      time.Unix(0, h.sinceNanos),
-		Streak:     h.streak,
-		HistoryLen: h.historyLen,
-	}, nil
+	return out, nil
 }
 
 // ListResults implements store.Store. An unknown agent or check has no
@@ -236,20 +219,36 @@ func (s *Store) ListResults(agentID, checkID string, limit int) ([]*agentv1.Chec
 	if agentID == "" || checkID == "" {
 		return nil, errors.New("list results: agent id and check id are required")
 	}
-	var raws [][]byte
-	if err := s.view(func(t txn) error {
-		raws = t.history(historyPrefix(checkKey(agentID, checkID)), limit)
-		return nil
-	}); err != nil {
-		return nil, err
+	r := &s.res
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m := r.checks[agentID][checkID]
+	if m == nil {
+		return nil, nil
 	}
-	out := make([]*agentv1.CheckResult, len(raws))
-	for i, raw := range raws {
-		r := new(agentv1.CheckResult)
-		if err := proto.Unmarshal(raw, r); err != nil {
-			return nil, fmt.Errorf("list results of %s/%s: decode: %w", agentID, checkID, err)
+	n := m.kept
+	if limit > 0 && uint64(limit) < n {
+		n = uint64(limit)
+	}
+	out := make([]*agentv1.CheckResult, n)
+	err := s.view(func(t txn) error {
+		idx := m.latest
+		for i := int(n) - 1; i >= 0; i-- {
+			e, err := t.checkEntry(agentID, checkID, idx)
+			if err != nil {
+				return err
+			}
+			res := new(agentv1.CheckResult)
+			if err := proto.Unmarshal(e.result, res); err != nil {
+				return fmt.Errorf("decode: %w", err)
+			}
+			out[i] = res
+			idx = e.prev
 		}
-		out[i] = r
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list results of %s/%s: %w", agentID, checkID, err)
 	}
 	return out, nil
 }

@@ -21,7 +21,7 @@ import (
 // SchemaVersion is the on-disk layout this binary reads and writes. Opening a
 // store with a newer version fails; an older one is upgraded in place by the
 // steps in upgrades.
-const SchemaVersion uint64 = 1
+const SchemaVersion uint64 = 2
 
 // ErrSchemaTooNew is returned by Open when the store was written by a newer
 // tend-controlplane.
@@ -47,10 +47,19 @@ var (
 	// policy_versions: name → 8-byte last version ever given, kept after a
 	// delete so that a re-created policy never repeats a version.
 	bucketPolicyVersions = bucket{[]byte("policy_versions")}
-	// check_state: agentID 0x00 checkID → stateRecord (binary header +
-	// protobuf CheckResult).
+	// check_state: agentID 0x00 checkID → checkRecord, a checkpoint of the
+	// check's state (see results.go). Schema 1: a stateHeader and the
+	// latest protobuf CheckResult.
 	bucketCheckState = bucket{[]byte("check_state")}
-	// history: agentID 0x00 checkID 0x00 seq(8, big-endian) → protobuf
+	// results_log: log index (8, big-endian, from 1) → logEntry. Every
+	// stored result is appended here; the head is trimmed in order.
+	bucketResultsLog = bucket{[]byte("results_log")}
+	// history_cold: agentID 0x00 checkID 0x00 log index(8, big-endian) →
+	// logEntry, for results trimmed from the log head while still among
+	// their check's last HistoryPerCheck (checks slower than the rest).
+	bucketHistoryCold = bucket{[]byte("history_cold")}
+	// history (schema 1 only, folded into history_cold by the upgrade to
+	// 2): agentID 0x00 checkID 0x00 seq(8, big-endian) → protobuf
 	// CheckResult.
 	bucketHistory = bucket{[]byte("history")}
 	// agent_counters: agent id → counterRecord (16 bytes).
@@ -93,7 +102,7 @@ var (
 
 var allBuckets = []bucket{
 	bucketMeta, bucketAgents, bucketAgentNames, bucketTokens, bucketPolicies,
-	bucketPolicyVersions, bucketCheckState, bucketHistory, bucketAgentCounters,
+	bucketPolicyVersions, bucketCheckState, bucketResultsLog, bucketHistoryCold, bucketAgentCounters,
 	bucketIncidents, bucketOpenIncidents, bucketIncidentsByTime, bucketIncidentsByAgent,
 	bucketTasks, bucketTaskSeq, bucketTasksByTime, bucketTasksByAgent,
 	bucketTasksByIncident, bucketActiveTasks, bucketPolicyState,
@@ -107,7 +116,12 @@ var (
 	taskIndexBuckets     = []bucket{bucketTasksByTime, bucketTasksByAgent, bucketTasksByIncident, bucketActiveTasks}
 )
 
-var keySchemaVersion = []byte("schema_version")
+var (
+	keySchemaVersion = []byte("schema_version")
+	// keyResultsCheckpoint (meta) → 8-byte big-endian log index: every
+	// entry of results_log up to it is covered by check_state.
+	keyResultsCheckpoint = []byte("results_checkpoint")
+)
 
 // upgradeStep moves a store from version from to from+1, inside the
 // transaction that opens the store (so an upgrade is all or nothing).
@@ -119,8 +133,8 @@ type upgradeStep struct {
 	apply func(tx *bbolt.Tx) error
 }
 
-// upgrades is empty: version 1 is the first layout. When the layout of
-// existing data changes, bump SchemaVersion and append {from: 1, ...}.
+// upgrades: when the layout of existing data changes, bump SchemaVersion
+// and append {from: SchemaVersion-1, ...}.
 //
 // A new, empty bucket is not a layout change: migrate creates missing
 // buckets on every open, and a binary ignores buckets it does not know. That
@@ -128,7 +142,9 @@ type upgradeStep struct {
 // gets their empty buckets when a newer binary opens it; an older binary
 // opening a newer file leaves them alone). A bucket that must be filled from
 // existing data (an index over old records) needs a step.
-var upgrades = []upgradeStep{}
+var upgrades = []upgradeStep{
+	{from: 1, about: "results history to an append-only log", apply: upgradeResultsLog},
+}
 
 // migrate initialises an empty database at version target, or upgrades an
 // older one with steps. It returns the version found (0 for a new store).
@@ -396,21 +412,12 @@ func (t txn) putCounters(agentID string, c counterRecord) error {
 	return t.bucket(bucketAgentCounters).Put([]byte(agentID), c.encode())
 }
 
-// Check state.
+// Check state checkpoints.
 
 func (t txn) checkStateBucket() *bbolt.Bucket { return t.bucket(bucketCheckState) }
 
-func (t txn) stateHeader(ck []byte) (stateHeader, bool, error) {
-	raw := t.checkStateBucket().Get(ck)
-	if raw == nil {
-		return stateHeader{}, false, nil
-	}
-	h, _, err := decodeStateHeader(raw)
-	return h, err == nil, err
-}
-
-func (t txn) putState(ck []byte, h stateHeader, result []byte) error {
-	return t.checkStateBucket().Put(ck, h.encode(result))
+func (t txn) putCheckRecord(ck []byte, r checkRecord) error {
+	return t.checkStateBucket().Put(ck, r.encode())
 }
 
 // forEachState calls fn for every check state whose key starts with prefix
@@ -431,63 +438,51 @@ func (t txn) forEachState(prefix []byte, fn func(k, v []byte) error) error {
 	return nil
 }
 
-// History.
-
-func (t txn) historyBucket() *bbolt.Bucket { return t.bucket(bucketHistory) }
-
-func (t txn) putHistory(prefix []byte, seq uint64, result []byte) error {
-	return t.historyBucket().Put(historyKey(prefix, seq), result)
+func (t txn) resultsCheckpoint() (uint64, error) {
+	raw := t.bucket(bucketMeta).Get(keyResultsCheckpoint)
+	switch len(raw) {
+	case 0:
+		return 0, nil
+	case 8:
+		return binary.BigEndian.Uint64(raw), nil
+	}
+	return 0, fmt.Errorf("corrupt results checkpoint in the meta bucket (%d bytes, want 8)", len(raw))
 }
 
-// deleteOldestHistory deletes the lowest-seq entry of a check's history and
-// reports whether there was one.
-func (t txn) deleteOldestHistory(prefix []byte) (bool, error) {
-	c := t.historyBucket().Cursor()
-	k, _ := c.Seek(prefix)
-	if k == nil || !bytes.HasPrefix(k, prefix) {
-		return false, nil
-	}
-	return true, c.Delete()
+func (t txn) putResultsCheckpoint(idx uint64) error {
+	return t.bucket(bucketMeta).Put(keyResultsCheckpoint, u64(idx))
 }
 
-// history returns the raw history entries of a check, oldest first, the
-// newest limit ones if limit > 0. The slices are copies.
-func (t txn) history(prefix []byte, limit int) [][]byte {
-	c := t.historyBucket().Cursor()
-	var out [][]byte
-	if limit <= 0 {
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			out = append(out, bytes.Clone(v))
-		}
-		return out
-	}
-	var k, v []byte
-	if end := prefixEnd(prefix); end != nil {
-		if k, _ = c.Seek(end); k != nil {
-			k, v = c.Prev()
-		} else {
-			k, v = c.Last()
-		}
-	} else {
-		k, v = c.Last()
-	}
-	for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, v = c.Prev() {
-		out = append(out, bytes.Clone(v))
-	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
-	return out
+// Results log and cold history.
+
+// logBucket is results_log, filled to the brim: keys only ever grow, so
+// split pages are never written to again.
+func (t txn) logBucket() *bbolt.Bucket {
+	b := t.bucket(bucketResultsLog)
+	b.FillPercent = 1.0
+	return b
 }
 
-// historyLen counts a check's history entries (for Verify).
-func (t txn) historyLen(prefix []byte) uint64 {
-	c := t.historyBucket().Cursor()
-	var n uint64
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		n++
+func (t txn) coldBucket() *bbolt.Bucket { return t.bucket(bucketHistoryCold) }
+
+// entry returns the raw entry at log index idx of the check ck, from the
+// log or, once moved, from the cold history; nil if there is none.
+func (t txn) entry(ck []byte, idx uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], idx)
+	if v := t.bucket(bucketResultsLog).Get(k[:]); v != nil {
+		return v
 	}
-	return n
+	return t.coldBucket().Get(historyKey(historyPrefix(ck), idx))
+}
+
+// lastLogIndex is the highest index in the log, 0 if it is empty.
+func (t txn) lastLogIndex() uint64 {
+	k, _ := t.bucket(bucketResultsLog).Cursor().Last()
+	if len(k) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(k)
 }
 
 // Incidents and tasks.

@@ -2,6 +2,7 @@ package bolt
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -44,7 +45,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 	})
 	_, err := Open(path, Options{})
 	require.ErrorIs(t, err, ErrSchemaTooNew)
-	require.ErrorContains(t, err, "the store has version 2, this binary knows up to 1")
+	require.ErrorContains(t, err, fmt.Sprintf("the store has version %d, this binary knows up to %d", SchemaVersion+1, SchemaVersion))
 	require.ErrorContains(t, err, path)
 }
 
