@@ -76,18 +76,18 @@ type resultsState struct {
 // commitTx is one transaction's changes to the results state, applied to
 // memory once it committed.
 type commitTx struct {
-	r       *resultsState
-	t       txn
-	log     *bbolt.Bucket
-	now     time.Time
-	n       uint64 // this commit's number
-	next    uint64
-	stored  int
-	staged  map[*checkMem]*stagedCheck
-	order   []*checkMem          // staged checks, by their first log index here
-	added   map[string]*checkMem // checks new in this commit, by checkKey
-	popped  int                  // dirty checks whose record this commit wrote
-	ckpt    uint64               // results_checkpoint after this commit
+	r      *resultsState
+	t      txn
+	log    *bbolt.Bucket
+	now    time.Time
+	n      uint64 // this commit's number
+	next   uint64
+	stored int
+	staged map[*checkMem]*stagedCheck
+	order  []*checkMem          // staged checks, by their first log index here
+	added  map[string]*checkMem // checks new in this commit, by checkKey
+	popped int                  // dirty checks whose record this commit wrote
+	ckpt   uint64               // results_checkpoint after this commit
 
 	historyPerCheck uint64
 }
@@ -101,8 +101,8 @@ func (r *resultsState) begin(now time.Time) *commitTx {
 	r.commits++
 	return &commitTx{
 		r: r, now: now, n: r.commits, next: r.next,
-		staged:  map[*checkMem]*stagedCheck{},
-		added:   map[string]*checkMem{},
+		staged:          map[*checkMem]*stagedCheck{},
+		added:           map[string]*checkMem{},
 		ckpt:            r.checkpoint,
 		historyPerCheck: r.historyPerCheck,
 	}
@@ -181,7 +181,15 @@ func (rec *checkRecord) advance(status int32, atNanos int64, kept uint64) {
 func (ct *commitTx) finish(all bool) error {
 	r, t := ct.r, ct.t
 	cutoff := ct.now.Add(-r.checkpointEvery).UnixNano()
-	for ct.popped < len(r.dirty) && (all || r.dirty[ct.popped].dirtyAt <= cutoff) {
+	// At most one record per result stored (and some) per commit, which
+	// keeps up (a record is due only after a result), and spreads the
+	// records of checks that changed together over several commits
+	// instead of making one commit long.
+	budget := len(r.dirty)
+	if !all {
+		budget = min(budget, ct.stored+64)
+	}
+	for ct.popped < budget && (all || r.dirty[ct.popped].dirtyAt <= cutoff) {
 		m := r.dirty[ct.popped]
 		if err := ct.writeRecord(m); err != nil {
 			return err
