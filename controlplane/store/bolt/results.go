@@ -92,7 +92,7 @@ func encodeBatch(b store.ResultBatch) ([][]byte, error) {
 // transaction; a refusal of this batch alone is in the outcome.
 func (s *Store) commitBatch(t txn, ct *commitTx, b store.ResultBatch, enc [][]byte, now time.Time) (store.CommitOutcome, error) {
 	var out store.CommitOutcome
-	a, ok, err := t.agent(b.AgentID)
+	a, ok, err := t.agentForIngest(b.AgentID)
 	if err != nil {
 		return out, err
 	}
@@ -134,8 +134,12 @@ func (s *Store) commitBatch(t txn, ct *commitTx, b store.ResultBatch, enc [][]by
 		}
 	}
 	if b.OutboxDropped > a.OutboxDropped {
-		a.OutboxDropped = b.OutboxDropped
-		if err := t.putAgent(a); err != nil {
+		full, _, err := t.agent(b.AgentID)
+		if err != nil {
+			return out, err
+		}
+		full.OutboxDropped = b.OutboxDropped
+		if err := t.putAgent(full); err != nil {
 			return out, err
 		}
 	}

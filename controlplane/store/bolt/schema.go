@@ -322,6 +322,25 @@ func (t txn) agent(id string) (store.Agent, bool, error) {
 	return getJSON[store.Agent](t.bucket(bucketAgents), id)
 }
 
+// agentIngest is the part of an agent record that storing its results
+// reads: decoding only these fields skips the label and fact maps.
+type agentIngest struct {
+	Revoked       bool   `json:"revoked"`
+	OutboxDropped uint64 `json:"outboxDropped"`
+}
+
+func (t txn) agentForIngest(id string) (agentIngest, bool, error) {
+	var a agentIngest
+	raw := t.bucket(bucketAgents).Get([]byte(id))
+	if raw == nil {
+		return a, false, nil
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return a, false, fmt.Errorf("decode record %q: %w", id, err)
+	}
+	return a, true, nil
+}
+
 func (t txn) agentExists(id string) bool {
 	return t.bucket(bucketAgents).Get([]byte(id)) != nil
 }
