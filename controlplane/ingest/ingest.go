@@ -12,6 +12,10 @@
 // fsyncs and a rewrite of the same B+tree pages. Paced, a busy control plane
 // makes at most 100 commits per second, however many results it takes in,
 // and a quiet one still commits a lone batch at once.
+// The queue is bounded (Options.MaxQueuedResults): when it is full,
+// submitting waits for the next group to leave it, so an overloaded control
+// plane stops reading the agents' streams (gRPC flow control then slows the
+// agents) instead of queueing without bound in memory.
 // A batch is acknowledged only once it is durable: if the commit fails,
 // every batch of the group gets the error, and the agents resend (the store
 // drops what it already has by sequence number).
@@ -22,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -35,8 +40,9 @@ var ErrStopped = errors.New("ingest committer stopped")
 
 // Defaults for Options.
 const (
-	DefaultMaxBatchResults = 4096
-	DefaultMinInterval     = 10 * time.Millisecond
+	DefaultMaxBatchResults  = 4096
+	DefaultMaxQueuedResults = 8 * DefaultMaxBatchResults
+	DefaultMinInterval      = 10 * time.Millisecond
 )
 
 // Options tune the committer. The zero value is the production setting.
@@ -44,6 +50,12 @@ type Options struct {
 	// MaxBatchResults caps the results of one group commit (default 4096).
 	// A single batch larger than that is committed on its own.
 	MaxBatchResults int
+	// MaxQueuedResults bounds the results waiting for a commit (default
+	// DefaultMaxQueuedResults, ~1.6 s at 20,000 results/s; negative: no
+	// bound). A batch that does not fit waits in Submit or SubmitAsync
+	// until it does; a batch larger than the bound goes into an empty
+	// queue.
+	MaxQueuedResults int
 	// MaxDelay is how long the committer may wait after the first batch
 	// for more to arrive before committing. Default 0: no added latency;
 	// groups form naturally while the previous commit runs.
@@ -70,6 +82,7 @@ type Committer struct {
 
 	wake chan struct{} // one token: something was queued, or Stop began
 	done chan struct{} // closed when the loop has exited
+	room chan struct{} // closed (and replaced) when the queue shrinks, under mu
 
 	mu       sync.Mutex
 	queue    []request
@@ -92,6 +105,12 @@ func New(st store.Store, opts Options, log *slog.Logger) *Committer {
 	if opts.MaxBatchResults <= 0 {
 		opts.MaxBatchResults = DefaultMaxBatchResults
 	}
+	switch {
+	case opts.MaxQueuedResults == 0:
+		opts.MaxQueuedResults = DefaultMaxQueuedResults
+	case opts.MaxQueuedResults < 0:
+		opts.MaxQueuedResults = math.MaxInt
+	}
 	if opts.MaxDelay < 0 {
 		opts.MaxDelay = 0
 	}
@@ -111,6 +130,7 @@ func New(st store.Store, opts Options, log *slog.Logger) *Committer {
 		m:    newMetrics(opts.Registerer),
 		wake: make(chan struct{}, 1),
 		done: make(chan struct{}),
+		room: make(chan struct{}),
 	}
 }
 
@@ -135,6 +155,9 @@ func (c *Committer) Stop() {
 	c.stopping = true
 	notStarted := !c.started
 	c.started = true
+	if first {
+		c.makeRoom() // batches waiting for room get ErrStopped
+	}
 	c.mu.Unlock()
 	if notStarted {
 		go c.run()
@@ -145,7 +168,8 @@ func (c *Committer) Stop() {
 	<-c.done
 }
 
-// Submit queues one batch and waits until it is durable. It returns the
+// Submit queues one batch (waiting for room in a full queue) and waits
+// until it is durable. It returns the
 // store's outcome; an error means the batch must not be acknowledged: the
 // commit failed (every batch of its group gets that error), the store
 // refused this batch alone (the outcome's Err, e.g. store.ErrRevoked), the
@@ -161,8 +185,8 @@ func (c *Committer) Submit(ctx context.Context, b store.ResultBatch) (store.Comm
 		err error
 	}
 	ch := make(chan answer, 1)
-	if !c.enqueue(b, func(out store.CommitOutcome, err error) { ch <- answer{out, err} }) {
-		return store.CommitOutcome{}, ErrStopped
+	if err := c.enqueue(ctx, b, func(out store.CommitOutcome, err error) { ch <- answer{out, err} }); err != nil {
+		return store.CommitOutcome{}, err
 	}
 	select {
 	case a := <-ch:
@@ -172,30 +196,51 @@ func (c *Committer) Submit(ctx context.Context, b store.ResultBatch) (store.Comm
 	}
 }
 
-// SubmitAsync queues one batch without waiting: done is called exactly once,
-// with what Submit would return, once the batch is durable or has failed.
-// done runs on the committer's goroutine (or, if the committer is stopped,
-// on a new goroutine), so it must be quick and must not block: queue the
-// acknowledgement, do not send it on the network from there. SubmitAsync
-// never blocks; callers bound their own number of batches in flight.
+// SubmitAsync queues one batch without waiting for its commit: done is
+// called exactly once, with what Submit would return, once the batch is
+// durable or has failed. done runs on the committer's goroutine (or, if the
+// committer is stopped, on a new goroutine), so it must be quick and must
+// not block: queue the acknowledgement, do not send it on the network from
+// there. SubmitAsync blocks only while the queue is full
+// (Options.MaxQueuedResults): called from a stream's reader, that stops
+// reading the stream, which is the back-pressure on the agent.
 func (c *Committer) SubmitAsync(b store.ResultBatch, done func(store.CommitOutcome, error)) {
-	if !c.enqueue(b, done) {
-		go done(store.CommitOutcome{}, ErrStopped)
+	if err := c.enqueue(context.Background(), b, done); err != nil {
+		go done(store.CommitOutcome{}, err)
 	}
 }
 
-func (c *Committer) enqueue(b store.ResultBatch, done func(store.CommitOutcome, error)) bool {
+// enqueue queues the batch once it fits: ErrStopped if the committer
+// stopped, ctx's error if ctx ended first.
+func (c *Committer) enqueue(ctx context.Context, b store.ResultBatch, done func(store.CommitOutcome, error)) error {
 	c.mu.Lock()
+	for !c.stopping && c.queued > 0 && c.queued+len(b.Results) > c.opts.MaxQueuedResults {
+		room := c.room
+		c.mu.Unlock()
+		c.m.waitedForRoom.Inc()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		c.mu.Lock()
+	}
 	if c.stopping {
 		c.mu.Unlock()
-		return false
+		return ErrStopped
 	}
 	c.queue = append(c.queue, request{batch: b, done: done})
 	c.queued += len(b.Results)
 	c.m.queueDepth.Set(float64(len(c.queue)))
 	c.mu.Unlock()
 	c.signal()
-	return true
+	return nil
+}
+
+// makeRoom wakes the batches waiting for room. Call with mu held.
+func (c *Committer) makeRoom() {
+	close(c.room)
+	c.room = make(chan struct{})
 }
 
 func (c *Committer) signal() {
@@ -252,6 +297,7 @@ func (c *Committer) next() ([]request, bool) {
 	c.queue = c.queue[:rest]
 	c.queued -= results
 	c.m.queueDepth.Set(float64(len(c.queue)))
+	c.makeRoom()
 	c.mu.Unlock()
 	return group, true
 }
@@ -325,6 +371,7 @@ func (c *Committer) commitResults(batches []store.ResultBatch) (outs []store.Com
 
 type metrics struct {
 	stored, duplicates, commits, commitErrors, refused, paced prometheus.Counter
+	waitedForRoom                                             prometheus.Counter
 	commitSeconds, batchResults                               prometheus.Histogram
 	queueDepth                                                prometheus.Gauge
 }
@@ -349,6 +396,9 @@ func newMetrics(reg prometheus.Registerer) metrics {
 		paced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tend_ingest_paced_total", Help: "Commits that waited for the minimum interval since the previous commit (gathering more batches).",
 		}),
+		waitedForRoom: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tend_ingest_queue_full_waits_total", Help: "Times a batch waited for room in the full commit queue (back-pressure on its stream).",
+		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tend_ingest_commit_seconds", Help: "Duration of one group commit, fsync included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms .. 4 s
@@ -362,7 +412,7 @@ func newMetrics(reg prometheus.Registerer) metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.stored, m.duplicates, m.commits, m.commitErrors, m.refused, m.paced, m.commitSeconds, m.batchResults, m.queueDepth)
+		reg.MustRegister(m.stored, m.duplicates, m.commits, m.commitErrors, m.refused, m.paced, m.waitedForRoom, m.commitSeconds, m.batchResults, m.queueDepth)
 	}
 	return m
 }

@@ -458,3 +458,77 @@ func TestMinIntervalFullGroupGoesAtOnce(t *testing.T) {
 	require.Equal(t, 2, out.Stored)
 	require.Equal(t, []int{1, 1}, spy.callSizes())
 }
+
+func TestQueueIsBounded(t *testing.T) {
+	spy := held()
+	reg := prometheus.NewRegistry()
+	c := started(t, spy, Options{MaxQueuedResults: 5, Registerer: reg})
+
+	var answered atomic.Int32
+	ok := func(_ store.CommitOutcome, err error) { assert.NoError(t, err); answered.Add(1) }
+	// Hold the first commit: the next batches queue behind it.
+	c.SubmitAsync(batch("hold", 1, 1), ok)
+	<-spy.entered
+	c.SubmitAsync(batch("a1", 1, 3), ok)
+	c.SubmitAsync(batch("a2", 1, 2), ok) // 5 queued: full
+
+	returned := make(chan struct{})
+	go func() {
+		c.SubmitAsync(batch("a3", 1, 1), ok)
+		close(returned)
+	}()
+	require.Eventually(t, func() bool { return metric(t, reg, "tend_ingest_queue_full_waits_total") == 1 }, 5*time.Second, time.Millisecond)
+	select {
+	case <-returned:
+		t.Fatal("SubmitAsync returned while the queue was full")
+	default:
+	}
+	// The next commit takes the queue: room again.
+	spy.release()
+	<-spy.entered
+	<-returned
+	spy.release()
+	<-spy.entered
+	spy.release()
+	require.Eventually(t, func() bool { return answered.Load() == 4 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, []int{1, 2, 1}, spy.callSizes())
+
+	// A batch larger than the bound goes into an empty queue.
+	go func() {
+		<-spy.entered
+		spy.release()
+	}()
+	out, err := c.Submit(context.Background(), batch("big", 1, 9))
+	require.NoError(t, err)
+	require.Equal(t, 9, out.Stored)
+}
+
+func TestStopReleasesBatchesWaitingForRoom(t *testing.T) {
+	spy := held()
+	c := New(spy, Options{MaxQueuedResults: 2}, nil)
+	c.Start()
+	c.SubmitAsync(batch("hold", 1, 1), func(store.CommitOutcome, error) {})
+	<-spy.entered
+	c.SubmitAsync(batch("a1", 1, 2), func(store.CommitOutcome, error) {}) // full
+	refused := make(chan error, 1)
+	go func() {
+		_, err := c.Submit(context.Background(), batch("a2", 1, 1))
+		refused <- err
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err := c.Submit(ctx, batch("a3", 1, 1))
+	require.ErrorIs(t, err, context.DeadlineExceeded, "a context ends the wait for room")
+
+	stopped := make(chan struct{})
+	go func() {
+		c.Stop()
+		close(stopped)
+	}()
+	require.ErrorIs(t, <-refused, ErrStopped)
+	spy.release() // the held commit
+	<-spy.entered
+	spy.release() // the drained queue
+	<-stopped
+	require.Equal(t, []int{1, 1}, spy.callSizes())
+}
