@@ -3,7 +3,9 @@
 // group commits (see controlplane/ingest), so one fsync covers many results.
 //
 // Layout: schema.go declares every bucket and key; records.go the binary
-// records of the hot path; remediation.go incidents and tasks.
+// records of the hot path; results_log.go how results are stored (an
+// append-only log, check states in memory with checkpoints);
+// remediation.go incidents and tasks.
 package bolt
 
 import (
