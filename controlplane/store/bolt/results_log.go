@@ -164,12 +164,9 @@ func (ct *commitTx) putResult(agentID string, r *agentv1.CheckResult, raw []byte
 // advance counts one more result in the record, with its new history
 // length; the caller sets latest.
 func (rec *checkRecord) advance(status int32, atNanos int64, kept uint64) {
-	switch {
-	case rec.count == 0:
+	if rec.count == 0 || rec.status != status {
 		rec.status, rec.sinceNanos, rec.streak = status, atNanos, 1
-	case rec.status != status:
-		rec.status, rec.sinceNanos, rec.streak = status, atNanos, 1
-	default:
+	} else {
 		rec.streak++
 	}
 	rec.count++
