@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -82,11 +83,11 @@ type Committer struct {
 
 	wake chan struct{} // one token: something was queued, or Stop began
 	done chan struct{} // closed when the loop has exited
-	room chan struct{} // closed (and replaced) when the queue shrinks, under mu
 
 	mu       sync.Mutex
 	queue    []request
-	queued   int // results in queue
+	queued   int       // results in queue
+	waiting  []*waiter // batches waiting for room in the queue, in order
 	started  bool
 	stopping bool
 
@@ -96,6 +97,14 @@ type Committer struct {
 type request struct {
 	batch store.ResultBatch
 	done  func(store.CommitOutcome, error)
+}
+
+// waiter is a batch waiting for room in the full queue. Batches are let in
+// in the order they came, so that no stream waits longer than the others.
+type waiter struct {
+	req      request
+	admitted chan struct{} // closed once req is in the queue, or refused
+	err      error         // why it was refused (ErrStopped); set before admitted closes
 }
 
 // New returns a committer writing to st. It registers its metrics with
@@ -130,7 +139,6 @@ func New(st store.Store, opts Options, log *slog.Logger) *Committer {
 		m:    newMetrics(opts.Registerer),
 		wake: make(chan struct{}, 1),
 		done: make(chan struct{}),
-		room: make(chan struct{}),
 	}
 }
 
@@ -156,7 +164,11 @@ func (c *Committer) Stop() {
 	notStarted := !c.started
 	c.started = true
 	if first {
-		c.makeRoom() // batches waiting for room get ErrStopped
+		for _, w := range c.waiting {
+			w.err = ErrStopped
+			close(w.admitted)
+		}
+		c.waiting = nil
 	}
 	c.mu.Unlock()
 	if notStarted {
@@ -210,37 +222,71 @@ func (c *Committer) SubmitAsync(b store.ResultBatch, done func(store.CommitOutco
 	}
 }
 
-// enqueue queues the batch once it fits: ErrStopped if the committer
-// stopped, ctx's error if ctx ended first.
+// enqueue queues the batch once it fits, after the batches already
+// waiting: ErrStopped if the committer stopped, ctx's error if ctx ended
+// first.
 func (c *Committer) enqueue(ctx context.Context, b store.ResultBatch, done func(store.CommitOutcome, error)) error {
+	req := request{batch: b, done: done}
 	c.mu.Lock()
-	for !c.stopping && c.queued > 0 && c.queued+len(b.Results) > c.opts.MaxQueuedResults {
-		room := c.room
-		c.mu.Unlock()
-		c.m.waitedForRoom.Inc()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		c.mu.Lock()
-	}
 	if c.stopping {
 		c.mu.Unlock()
 		return ErrStopped
 	}
-	c.queue = append(c.queue, request{batch: b, done: done})
-	c.queued += len(b.Results)
-	c.m.queueDepth.Set(float64(len(c.queue)))
+	if len(c.waiting) == 0 && c.fits(len(b.Results)) {
+		c.push(req)
+		c.mu.Unlock()
+		c.signal()
+		return nil
+	}
+	w := &waiter{req: req, admitted: make(chan struct{})}
+	c.waiting = append(c.waiting, w)
+	c.m.waitedForRoom.Inc()
 	c.mu.Unlock()
-	c.signal()
-	return nil
+	select {
+	case <-w.admitted:
+		return w.err
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	if i := slices.Index(c.waiting, w); i >= 0 {
+		c.waiting = slices.Delete(c.waiting, i, i+1)
+		c.admit() // the ones behind it may fit
+		c.mu.Unlock()
+		return ctx.Err()
+	}
+	c.mu.Unlock()
+	<-w.admitted // it got in (or was refused) just before ctx ended
+	return w.err
 }
 
-// makeRoom wakes the batches waiting for room. Call with mu held.
-func (c *Committer) makeRoom() {
-	close(c.room)
-	c.room = make(chan struct{})
+// fits reports whether n more results fit in the queue: a batch larger
+// than the bound goes into an empty queue. Call with mu held.
+func (c *Committer) fits(n int) bool {
+	return c.queued == 0 || c.queued+n <= c.opts.MaxQueuedResults
+}
+
+// push queues a request. Call with mu held.
+func (c *Committer) push(r request) {
+	c.queue = append(c.queue, r)
+	c.queued += len(r.batch.Results)
+	c.m.queueDepth.Set(float64(len(c.queue)))
+}
+
+// admit moves the waiting batches that now fit into the queue, in order.
+// Call with mu held.
+func (c *Committer) admit() {
+	n := 0
+	for n < len(c.waiting) && !c.stopping && c.fits(len(c.waiting[n].req.batch.Results)) {
+		c.push(c.waiting[n].req)
+		close(c.waiting[n].admitted)
+		n++
+	}
+	if n > 0 {
+		rest := copy(c.waiting, c.waiting[n:])
+		clear(c.waiting[rest:])
+		c.waiting = c.waiting[:rest]
+		c.signal()
+	}
 }
 
 func (c *Committer) signal() {
@@ -296,8 +342,8 @@ func (c *Committer) next() ([]request, bool) {
 	clear(c.queue[rest:]) // let the answered requests be collected
 	c.queue = c.queue[:rest]
 	c.queued -= results
+	c.admit()
 	c.m.queueDepth.Set(float64(len(c.queue)))
-	c.makeRoom()
 	c.mu.Unlock()
 	return group, true
 }

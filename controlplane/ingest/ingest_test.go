@@ -532,3 +532,36 @@ func TestStopReleasesBatchesWaitingForRoom(t *testing.T) {
 	<-stopped
 	require.Equal(t, []int{1, 1}, spy.callSizes())
 }
+
+func TestBatchesWaitingForRoomGoInInOrder(t *testing.T) {
+	spy := held()
+	reg := prometheus.NewRegistry()
+	c := started(t, spy, Options{MaxQueuedResults: 3, Registerer: reg})
+	c.SubmitAsync(batch("hold", 1, 1), func(store.CommitOutcome, error) {})
+	<-spy.entered
+	c.SubmitAsync(batch("a1", 1, 3), func(store.CommitOutcome, error) {}) // full
+
+	// b1 (3 results) waits first, then b2 (1 result): b2 does not overtake
+	// b1, although it would fit before b1 does.
+	var wg sync.WaitGroup
+	for i, b := range []store.ResultBatch{batch("b1", 1, 3), batch("b2", 1, 1)} {
+		wg.Go(func() {
+			_, err := c.Submit(context.Background(), b)
+			assert.NoError(t, err)
+		})
+		require.Eventually(t, func() bool { return metric(t, reg, "tend_ingest_queue_full_waits_total") == float64(i+1) }, 5*time.Second, time.Millisecond)
+	}
+	go func() {
+		for range spy.entered {
+			spy.release()
+		}
+	}()
+	spy.release()
+	wg.Wait()
+	close(spy.entered)
+	require.Equal(t, []int{1, 1, 1, 1}, spy.callSizes(), "hold, a1, b1, b2: one commit each")
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	require.Equal(t, "b1", spy.calls[2][0].AgentID)
+	require.Equal(t, "b2", spy.calls[3][0].AgentID)
+}
