@@ -227,6 +227,9 @@ func (c *Committer) SubmitAsync(b store.ResultBatch, done func(store.CommitOutco
 // waiting: ErrStopped if the committer stopped, ctx's error if ctx ended
 // first.
 func (c *Committer) enqueue(ctx context.Context, b store.ResultBatch, done func(store.CommitOutcome, error)) error {
+	// Encode on the caller's goroutine, not the committer's: the one
+	// commit goroutine is the ingest's serial path.
+	store.EncodeResults(&b)
 	req := request{batch: b, done: done}
 	c.mu.Lock()
 	if c.stopping {

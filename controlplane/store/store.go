@@ -7,6 +7,8 @@ import (
 	"errors"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
 
@@ -99,6 +101,31 @@ type ResultBatch struct {
 	// mark is below it: then an earlier batch failed and the agent must
 	// resend from its first unacknowledged result.
 	After uint64
+	// Encoded optionally holds the protobuf encoding of each result, in
+	// order (see EncodeResults), made by the caller off the commit path;
+	// a store that needs it encodes the results itself when it is nil.
+	Encoded [][]byte
+}
+
+// EncodeResults sets b.Encoded, if it is not set and every result
+// encodes; otherwise it leaves b as it is (the store then encodes, and
+// reports what is wrong).
+func EncodeResults(b *ResultBatch) {
+	if b.Encoded != nil {
+		return
+	}
+	enc := make([][]byte, len(b.Results))
+	for i, r := range b.Results {
+		if r == nil {
+			return
+		}
+		raw, err := proto.Marshal(r)
+		if err != nil {
+			return
+		}
+		enc[i] = raw
+	}
+	b.Encoded = enc
 }
 
 // CommitOutcome is what CommitResults did with one batch.

@@ -79,6 +79,10 @@ func encodeBatch(b store.ResultBatch) ([][]byte, error) {
 		case strings.IndexByte(r.GetCheckId(), sep) >= 0:
 			return nil, fmt.Errorf("agent %s: result %d (seq %d): check id %q contains a NUL byte", b.AgentID, j, r.GetSeq(), r.GetCheckId())
 		}
+		if len(b.Encoded) == len(b.Results) {
+			enc[j] = b.Encoded[j]
+			continue
+		}
 		raw, err := proto.Marshal(r)
 		if err != nil {
 			return nil, fmt.Errorf("agent %s: result %d (seq %d): encode: %w", b.AgentID, j, r.GetSeq(), err)

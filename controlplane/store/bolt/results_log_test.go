@@ -264,3 +264,27 @@ func TestUpgradeFromSchema1(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []uint64{3, 4, 6}, seqs(got))
 }
+
+// TestCommitPreEncodedResults: results encoded by the caller
+// (store.EncodeResults) are stored as they are; a batch it cannot encode
+// is left to the store, which refuses it as before.
+func TestCommitPreEncodedResults(t *testing.T) {
+	s := testStore(t, Options{})
+	enroll(t, s, "a1", "web-1")
+	b := store.ResultBatch{AgentID: "a1", Results: results("http", 1, 3)}
+	store.EncodeResults(&b)
+	require.Len(t, b.Encoded, 3)
+	require.Equal(t, []store.CommitOutcome{{Stored: 3, AckedThrough: 3}}, commit(t, s, b))
+	got, err := s.ListResults("a1", "http", 0)
+	require.NoError(t, err)
+	for i, r := range got {
+		require.True(t, proto.Equal(b.Results[i], r))
+	}
+
+	bad := store.ResultBatch{AgentID: "a1", Results: []*agentv1.CheckResult{result(4, "http", stOK, t0), nil}}
+	store.EncodeResults(&bad)
+	require.Nil(t, bad.Encoded)
+	outs := commit(t, s, bad)
+	require.ErrorContains(t, outs[0].Err, "agent a1: result 1 is nil")
+	require.NoError(t, s.Verify())
+}
