@@ -64,6 +64,7 @@ func (m *Manager) escalate(tr *track, why string) {
 	if a, ok := m.cfg.Fleet.Get(inc.AgentID); ok {
 		body.Agent.ID, body.Agent.Name, body.Agent.Labels = a.ID, a.Name, a.Labels
 	}
+	m.flush() // the tasks as they are now
 	if tasks, err := m.cfg.Store.ListTasks(store.TaskFilter{IncidentID: inc.ID}); err == nil {
 		for _, t := range tasks {
 			body.Tasks = append(body.Tasks, escalationTask{ID: t.ID, Action: t.Action, Params: t.Params, State: t.State,
@@ -83,13 +84,10 @@ func (m *Manager) escalate(tr *track, why string) {
 			msg = fmt.Sprintf("escalation webhook to %s failed: %v", url, err)
 		}
 		m.enqueue(func() {
-			at := m.cfg.Now()
-			if uerr := m.cfg.Store.UpdateIncident(incID, func(i *store.Incident) error {
-				i.Timeline = append(i.Timeline, store.Event{At: at, Kind: "notified", Message: msg})
-				return nil
-			}); uerr != nil {
-				m.log.Error("record webhook outcome", "incident", incID, "err", uerr)
-			}
+			ev := store.Event{At: m.cfg.Now(), Kind: "notified", Message: msg}
+			m.later("record webhook outcome on "+incID, func(tx store.RemediationTx) error {
+				return tx.UpdateIncident(incID, appendEvents(ev))
+			})
 		})
 	}})
 }

@@ -114,6 +114,10 @@ type Manager struct {
 	sweepArmed bool
 	started    time.Time
 	matched    map[string]matchedEntry
+	// pending: writes waiting for the next commit (writes.go), the oldest
+	// queued at pendingSince.
+	pending      []pendingWrite
+	pendingSince time.Time
 	// held mirrors, for other goroutines, which policies are held.
 	held sync.Map
 }
@@ -168,7 +172,11 @@ func (m *Manager) enqueue(fn func()) {
 // call runs fn on the loop and waits for it.
 func (m *Manager) call(ctx context.Context, fn func() error) error {
 	errc := make(chan error, 1)
-	m.enqueue(func() { errc <- fn() })
+	m.enqueue(func() {
+		err := fn()
+		m.flush() // what fn did is durable when the caller hears back
+		errc <- err
+	})
 	select {
 	case err := <-errc:
 		return err
@@ -208,6 +216,7 @@ func (m *Manager) Stop() {
 
 func (m *Manager) loop() {
 	defer close(m.done)
+	defer m.flush()
 	for {
 		select {
 		case <-m.stop:
@@ -220,6 +229,7 @@ func (m *Manager) loop() {
 			m.queue = nil
 			m.mu.Unlock()
 			if len(q) == 0 {
+				m.flush() // nothing more to do now: write what waits
 				break
 			}
 			for _, fn := range q {
@@ -229,6 +239,9 @@ func (m *Manager) loop() {
 				default:
 				}
 				fn()
+			}
+			if len(m.pending) > 0 && time.Since(m.pendingSince) >= maxWriteDelay {
+				m.flush()
 			}
 		}
 	}
@@ -402,19 +415,23 @@ func (m *Manager) open(tr *track, p *policy.Policy, version uint64, r *agentv1.C
 		Timeline: []store.Event{{At: now, Kind: "detected",
 			Message: fmt.Sprintf("%s on %s: %s; last result %s: %s", p.Name(), agent.Name, d.Reason, engine.StatusName(r.GetStatus()), firstLine(r.GetOutput()))}},
 	}
-	if err := m.cfg.Store.CreateIncident(inc); err != nil {
-		if errors.Is(err, store.ErrExists) {
-			if open, err2 := m.cfg.Store.OpenIncident(tr.key.agent, p.Name()); err2 == nil {
-				tr.inc = &open
-				if open.State == store.IncidentOpen || open.State == store.IncidentSuppressed {
-					m.attempt(tr)
-				}
-				return
-			}
+	// The loop holds every open incident, so the store has none for this
+	// (agent, policy) unless it was changed behind the loop's back: then
+	// carry on with that one. (No pending write can open one: the loop
+	// would hold it.)
+	switch open, err := m.cfg.Store.OpenIncident(tr.key.agent, p.Name()); {
+	case err == nil:
+		tr.inc = &open
+		if open.State == store.IncidentOpen || open.State == store.IncidentSuppressed {
+			m.attempt(tr)
 		}
+		return
+	case !errors.Is(err, store.ErrNotFound):
 		m.log.Error("open incident", "agent_id", tr.key.agent, "policy", p.Name(), "err", err)
 		return
 	}
+	// Written with the task, if one is sent now.
+	m.later("create incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
 	tr.inc = &inc
 	tr.task = nil
 	m.log.Info("incident opened", "incident", inc.ID, "agent", agent.Name, "policy", p.Name(), "reason", d.Reason)
@@ -428,44 +445,8 @@ func (m *Manager) openFlapping(tr *track, p *policy.Policy, version uint64, d en
 		State: store.IncidentFlapping, OpenedAt: now, UpdatedAt: now, Reason: d.Reason,
 		Timeline: []store.Event{{At: now, Kind: "flapping", Message: d.Reason + "; no remediation while the check flaps"}},
 	}
-	if err := m.cfg.Store.CreateIncident(inc); err != nil {
-		m.log.Error("open flapping incident", "err", err)
-		return
-	}
+	m.later("create flapping incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
 	tr.inc = &inc
-}
-
-// event appends to the open incident's timeline and optionally changes its
-// state, durably.
-func (m *Manager) event(tr *track, ev store.Event, state string) {
-	if tr.inc == nil {
-		return
-	}
-	if ev.At.IsZero() {
-		ev.At = m.cfg.Now()
-	}
-	var updated store.Incident
-	err := m.cfg.Store.UpdateIncident(tr.inc.ID, func(inc *store.Incident) error {
-		inc.Timeline = append(inc.Timeline, ev)
-		inc.UpdatedAt = ev.At
-		if state != "" {
-			inc.State = state
-			if store.IncidentTerminal(state) {
-				inc.ResolvedAt = ev.At
-			}
-		}
-		if ev.Kind != "started" && ev.Kind != "sent" && ev.Kind != "signed" {
-			inc.Reason = ev.Message
-		}
-		inc.Attempts = tr.inc.Attempts
-		updated = *inc
-		return nil
-	})
-	if err != nil {
-		m.log.Error("update incident", "incident", tr.inc.ID, "err", err)
-		return
-	}
-	tr.inc = &updated
 }
 
 func (m *Manager) cancelTimer(tr *track) {
@@ -522,7 +503,13 @@ func (m *Manager) attempt(tr *track) {
 		return
 	}
 	now := m.cfg.Now()
-	in := governor.FromPolicy(p, m.matchedCount(p.Name(), m.cfg.Now()))
+	// The matched agents are counted only for a maxConcurrent in percent:
+	// counting walks the fleet.
+	matched := 0
+	if l := p.Spec.Limits; l != nil && strings.HasSuffix(string(l.MaxConcurrent), "%") {
+		matched = m.matchedCount(p.Name(), now)
+	}
+	in := governor.FromPolicy(p, matched)
 	in.Now = now
 	if a, ok := m.cfg.Fleet.Get(tr.key.agent); ok {
 		in.Agent = a.Name
