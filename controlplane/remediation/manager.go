@@ -118,6 +118,7 @@ type Manager struct {
 	// queued at pendingSince.
 	pending      []pendingWrite
 	pendingSince time.Time
+	flushArmed   bool
 	// held mirrors, for other goroutines, which policies are held.
 	held sync.Map
 }
@@ -169,12 +170,22 @@ func (m *Manager) enqueue(fn func()) {
 	}
 }
 
-// call runs fn on the loop and waits for it.
+// call runs fn on the loop and waits for it; what fn did is durable when
+// the caller hears back.
 func (m *Manager) call(ctx context.Context, fn func() error) error {
+	return m.callThen(ctx, fn, true)
+}
+
+// callThen is call; with flush false, only what fn committed itself is
+// durable when the caller hears back, its other writes wait for the next
+// commit.
+func (m *Manager) callThen(ctx context.Context, fn func() error, flush bool) error {
 	errc := make(chan error, 1)
 	m.enqueue(func() {
 		err := fn()
-		m.flush() // what fn did is durable when the caller hears back
+		if flush {
+			m.flush()
+		}
 		errc <- err
 	})
 	select {
@@ -229,7 +240,6 @@ func (m *Manager) loop() {
 			m.queue = nil
 			m.mu.Unlock()
 			if len(q) == 0 {
-				m.flush() // nothing more to do now: write what waits
 				break
 			}
 			for _, fn := range q {
@@ -240,10 +250,12 @@ func (m *Manager) loop() {
 				}
 				fn()
 			}
+			// Busy without a break: the writes behind still go in time.
 			if len(m.pending) > 0 && time.Since(m.pendingSince) >= maxWriteDelay {
 				m.flush()
 			}
 		}
+		m.writeBehind()
 	}
 }
 

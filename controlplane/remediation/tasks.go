@@ -217,7 +217,10 @@ func (m *Manager) expire(tr *track, taskID string) {
 // agent's update is acknowledged. Updates about another agent's task, and
 // late updates of finished tasks, are ignored (and acknowledged).
 func (m *Manager) OnTaskUpdate(ctx context.Context, agentID string, u *agentv1.TaskUpdate) error {
-	return m.call(ctx, func() error { return m.taskUpdate(agentID, u) })
+	// The task's new state is committed before taskUpdate returns; the
+	// events that follow from it (finished, verifying, retry, ...) are
+	// written behind: the agent's acknowledgement does not wait for them.
+	return m.callThen(ctx, func() error { return m.taskUpdate(agentID, u) }, false)
 }
 
 func taskStateWord(s agentv1.TaskState) string {

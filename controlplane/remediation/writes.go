@@ -20,13 +20,18 @@ import (
 //     record before its report is. Its error is the caller's to handle, as
 //     a store call's was.
 //   - later: everything else, chiefly timeline events and "sent" marks. It
-//     joins the next commit, or is written when the loop has nothing more
-//     queued (and at least every maxWriteDelay while it is busy), before a
-//     call (OnTaskUpdate, Approve, ...) returns, and when the loop stops.
+//     joins the next commit, or is written maxWriteDelay after it was
+//     queued, before a call (Approve, Rearm, an autonomous run's report;
+//     not a task update) returns, and when the loop stops.
 //
 // So a decision is one transaction (incident, task, "detected", "decided"
-// and "signed" together) where it was four, and the "sent" mark that
-// follows the send waits for the next write instead of holding the loop.
+// and "signed" together) where it was four, the "sent" mark that follows
+// the send waits for the next write (usually the agent's "running")
+// instead of holding the loop, and the writes behind cost at most one
+// transaction per maxWriteDelay however many incidents they are for. A
+// crash loses at most the last maxWriteDelay of them, as it lost the
+// events not yet written before: the task and its seq are never among
+// them, and the restart follows up what the store says (recover).
 //
 // The loop's copy of an incident changes when the event is queued, not
 // when it is written: only a failing store makes the two differ (the
@@ -40,9 +45,9 @@ import (
 // task updates' GetTask, OnConnect's list of pending and sent tasks) do
 // not flush.
 
-// maxWriteDelay bounds how long a pending write waits while the loop is
-// busy.
-const maxWriteDelay = 20 * time.Millisecond
+// maxWriteDelay bounds how long a pending write waits for a commit to
+// join.
+const maxWriteDelay = 50 * time.Millisecond
 
 type pendingWrite struct {
 	what string
@@ -126,6 +131,24 @@ func (m *Manager) writeEach(ops []pendingWrite) {
 			m.log.Error("remediation store write failed", "write", op.what, "err", err)
 		}
 	}
+}
+
+// writeBehind writes the pending writes once they have waited
+// maxWriteDelay, and otherwise sets a timer for then (the loop calls it
+// when its queue is empty).
+func (m *Manager) writeBehind() {
+	if len(m.pending) == 0 || m.flushArmed {
+		return
+	}
+	wait := maxWriteDelay - time.Since(m.pendingSince)
+	if wait <= 0 {
+		m.flush()
+		return
+	}
+	m.flushArmed = true
+	time.AfterFunc(wait, func() {
+		m.enqueue(func() { m.flushArmed = false })
+	})
 }
 
 // flush writes the pending writes.
