@@ -85,7 +85,7 @@ func (m *Manager) escalate(tr *track, why string) {
 		}
 		m.enqueue(func() {
 			ev := store.Event{At: m.cfg.Now(), Kind: "notified", Message: msg}
-			m.later("record webhook outcome on "+incID, func(tx store.RemediationTx) error {
+			m.laterInc(incID, "record webhook outcome on "+incID, func(tx store.RemediationTx) error {
 				return tx.UpdateIncident(incID, appendEvents(ev))
 			})
 		})

@@ -429,9 +429,14 @@ func (m *Manager) open(tr *track, p *policy.Policy, version uint64, r *agentv1.C
 	}
 	// The loop holds every open incident, so the store has none for this
 	// (agent, policy) unless it was changed behind the loop's back: then
-	// carry on with that one. (No pending write can open one: the loop
-	// would hold it.)
-	switch open, err := m.cfg.Store.OpenIncident(tr.key.agent, p.Name()); {
+	// carry on with that one. One the store has open may be closed by a
+	// write that waits (a recovery just verified): write it first.
+	open, err := m.cfg.Store.OpenIncident(tr.key.agent, p.Name())
+	if err == nil && m.pendingFor(open.ID) {
+		m.flush()
+		open, err = m.cfg.Store.OpenIncident(tr.key.agent, p.Name())
+	}
+	switch {
 	case err == nil:
 		tr.inc = &open
 		if open.State == store.IncidentOpen || open.State == store.IncidentSuppressed {
@@ -443,7 +448,7 @@ func (m *Manager) open(tr *track, p *policy.Policy, version uint64, r *agentv1.C
 		return
 	}
 	// Written with the task, if one is sent now.
-	m.later("create incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
+	m.laterInc(inc.ID, "create incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
 	tr.inc = &inc
 	tr.task = nil
 	m.log.Info("incident opened", "incident", inc.ID, "agent", agent.Name, "policy", p.Name(), "reason", d.Reason)
@@ -457,7 +462,7 @@ func (m *Manager) openFlapping(tr *track, p *policy.Policy, version uint64, d en
 		State: store.IncidentFlapping, OpenedAt: now, UpdatedAt: now, Reason: d.Reason,
 		Timeline: []store.Event{{At: now, Kind: "flapping", Message: d.Reason + "; no remediation while the check flaps"}},
 	}
-	m.later("create flapping incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
+	m.laterInc(inc.ID, "create flapping incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
 	tr.inc = &inc
 }
 

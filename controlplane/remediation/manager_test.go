@@ -490,3 +490,21 @@ func TestOneTransactionPerDecision(t *testing.T) {
 	// "verifying", "verified"): 12 before.
 	require.LessOrEqual(t, len(rec.committed()), 6)
 }
+
+// A check that fails again right after its verified recovery opens a new
+// incident and gets a new task, while the recovery may still wait to be
+// written.
+func TestFailsAgainRightAfterRecovery(t *testing.T) {
+	h := newHarness(t, benchPolicy, "a1")
+	for i := range 3 {
+		h.result("a1", "web", crit)
+		tk := h.task("a1")
+		require.EqualValues(t, i+1, tk.GetSeq())
+		h.update("a1", tk, agentv1.TaskState_TASK_STATE_RUNNING, "")
+		h.update("a1", tk, agentv1.TaskState_TASK_STATE_SUCCEEDED, "")
+		h.result("a1", "web", ok)
+	}
+	incs, err := h.st.ListIncidents(store.IncidentFilter{AgentID: "a1"})
+	require.NoError(t, err)
+	require.Len(t, incs, 3)
+}

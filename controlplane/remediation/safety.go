@@ -372,7 +372,7 @@ func (m *Manager) endCorrelation(pol, why, by string) {
 	m.log.Info("correlated hold ended", "policy", pol, "why", why, "by", by)
 	if fleetInc != "" {
 		ev := store.Event{At: m.cfg.Now(), Kind: "resolved", Rule: "correlated", Message: why}
-		m.later("record end of correlated hold on "+fleetInc, func(tx store.RemediationTx) error {
+		m.laterInc(fleetInc, "record end of correlated hold on "+fleetInc, func(tx store.RemediationTx) error {
 			// A fleet incident that is gone (a store from before) is no error.
 			if err := tx.UpdateIncident(fleetInc, appendEvents(ev)); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err

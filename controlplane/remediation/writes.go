@@ -51,15 +51,31 @@ const maxWriteDelay = 50 * time.Millisecond
 
 type pendingWrite struct {
 	what string
+	inc  string // the incident it writes, if any
 	fn   func(tx store.RemediationTx) error
 }
 
 // later queues a write for the next commit.
 func (m *Manager) later(what string, fn func(tx store.RemediationTx) error) {
+	m.laterInc("", what, fn)
+}
+
+// laterInc is later for a write of incident inc.
+func (m *Manager) laterInc(inc, what string, fn func(tx store.RemediationTx) error) {
 	if len(m.pending) == 0 {
 		m.pendingSince = time.Now()
 	}
-	m.pending = append(m.pending, pendingWrite{what: what, fn: fn})
+	m.pending = append(m.pending, pendingWrite{what: what, inc: inc, fn: fn})
+}
+
+// pendingFor reports whether a write of incident inc waits.
+func (m *Manager) pendingFor(inc string) bool {
+	for _, w := range m.pending {
+		if w.inc == inc {
+			return true
+		}
+	}
+	return false
 }
 
 // commit writes the pending writes and then fn's (nil: none) in one
@@ -198,7 +214,7 @@ func (m *Manager) event(tr *track, ev store.Event, state string) {
 	change := eventChange(ev, state, tr.inc.Attempts)
 	applyEvent(tr, change)
 	id := tr.inc.ID
-	m.later("update incident "+id, func(tx store.RemediationTx) error { return tx.UpdateIncident(id, change) })
+	m.laterInc(id, "update incident "+id, func(tx store.RemediationTx) error { return tx.UpdateIncident(id, change) })
 }
 
 // appendEvents is a change that appends events without touching anything
