@@ -508,3 +508,41 @@ func TestFailsAgainRightAfterRecovery(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, incs, 3)
 }
+
+// A write that fails does not take the others with it: not the pending
+// writes, not the commit's own.
+func TestCommitIsolatesAFailingWrite(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "tend.db"), bolt.Options{NoSync: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	m := New(Config{Store: st, Log: quiet})
+	create := func(id string) func(store.RemediationTx) error {
+		return func(tx store.RemediationTx) error {
+			return tx.CreateIncident(store.Incident{ID: id, AgentID: "a1", Policy: id, State: store.IncidentOpen})
+		}
+	}
+	exists := func(id string) bool {
+		_, err := st.GetIncident(id)
+		return err == nil
+	}
+
+	m.later("a", create("inc-a"))
+	m.later("missing", func(tx store.RemediationTx) error {
+		return tx.UpdateIncident("inc-missing", appendEvents(store.Event{Kind: "x"}))
+	})
+	m.later("b", create("inc-b"))
+	require.NoError(t, m.commit(create("inc-c")))
+	require.True(t, exists("inc-a") && exists("inc-b") && exists("inc-c"))
+	require.Empty(t, m.pending)
+
+	// The commit's own write is refused: the pending ones are written.
+	m.later("d", create("inc-d"))
+	err = m.commit(create("inc-a")) // used id
+	require.ErrorIs(t, err, store.ErrExists)
+	require.True(t, exists("inc-d"))
+
+	m.later("e", create("inc-e"))
+	m.flush()
+	require.True(t, exists("inc-e"))
+	require.NoError(t, st.Verify())
+}
