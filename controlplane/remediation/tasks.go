@@ -343,7 +343,8 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 		m.event(tr, store.Event{At: now, Kind: "verifying", TaskID: t.ID,
 			Message: fmt.Sprintf("waiting up to %s for %s to pass again", within, t.Policy)}, store.IncidentVerifying)
 		tr.verifyWaits = 0
-		m.after(tr, now.Add(within), func() { m.notVerified(tr, t.Policy, within) })
+		due := now.Add(within)
+		m.after(tr, due, func() { m.notVerified(tr, t.Policy, within, due) })
 	case store.TaskRejected:
 		m.event(tr, store.Event{At: now, Kind: "rejected", TaskID: t.ID, Message: "the agent rejected the task: " + reason}, "")
 		m.noteFailedAttempt(tr, "task "+t.ID+" rejected: "+reason)
@@ -365,19 +366,23 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 	return nil
 }
 
-// notVerified ends an attempt whose check did not pass again in time.
-func (m *Manager) notVerified(tr *track, pol string, within time.Duration) {
+// notVerified ends an attempt whose check did not pass again in time (due
+// is when the wait of within ended; the timer may come a little later).
+func (m *Manager) notVerified(tr *track, pol string, within time.Duration, due time.Time) {
 	if tr.inc == nil || tr.inc.State != store.IncidentVerifying {
 		return
 	}
-	// No result at all since the task finished (the agent is cut off, or
-	// its results are held up): that is no evidence of failure. Wait
-	// longer rather than act again on a host that may be fine.
-	if now := m.cfg.Now(); tr.lastResult.Before(now.Add(-within)) && tr.verifyWaits < maxVerifyWaits {
+	// No result at all in the wait (the agent is cut off, or its results
+	// are held up): that is no evidence of failure. Wait longer rather than
+	// act again on a host that may be fine. The wait is measured from when
+	// it began, not from when the timer came: a result that came right
+	// after the task finished counts however late the timer is.
+	if tr.lastResult.Before(due.Add(-within)) && tr.verifyWaits < maxVerifyWaits {
 		tr.verifyWaits++
 		m.event(tr, store.Event{Kind: "verifying", Message: fmt.Sprintf("no result of %s from the agent in the last %s: waiting %s more (%d of %d)",
 			pol, within, within, tr.verifyWaits, maxVerifyWaits)}, "")
-		m.after(tr, now.Add(within), func() { m.notVerified(tr, pol, within) })
+		next := m.cfg.Now().Add(within)
+		m.after(tr, next, func() { m.notVerified(tr, pol, within, next) })
 		return
 	}
 	why := fmt.Sprintf("not verified: %s did not pass within %s of the task", pol, within)
