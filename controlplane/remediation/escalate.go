@@ -48,7 +48,7 @@ func (m *Manager) escalate(tr *track, why string) {
 	m.event(tr, store.Event{Kind: "escalated", Message: why}, store.IncidentEscalated)
 	inc := *tr.inc
 	m.log.Warn("incident escalated", "incident", inc.ID, "agent_id", inc.AgentID, "policy", inc.Policy, "why", why)
-	tr.inc = nil
+	m.setInc(tr, nil)
 	tr.passes = 0
 	// The trigger stays set: no new incident (and no new automation) for
 	// this check until it has passed a whole window on its own. The
@@ -123,7 +123,7 @@ func (m *Manager) OnConnect(agentID string, taskHighWater uint64) {
 // raised limit frees waiting incidents, a deleted policy escalates them.
 func (m *Manager) PolicyChanged(name string) {
 	m.enqueue(func() {
-		for _, tr := range m.tracks {
+		for _, tr := range m.sortedOpen() {
 			if tr.key.policy != name || tr.inc == nil || tr.task != nil {
 				continue
 			}
@@ -209,7 +209,7 @@ func (m *Manager) recover() error {
 		}
 		opened++
 		tr := m.track(inc.AgentID, inc.Policy)
-		tr.inc = &inc
+		m.setInc(tr, &inc)
 		tr.state.Triggered = true
 		its, err := m.cfg.Store.ListTasks(store.TaskFilter{IncidentID: inc.ID})
 		if err != nil {

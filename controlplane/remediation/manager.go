@@ -101,10 +101,14 @@ type Manager struct {
 	done  chan struct{}
 
 	// Loop-owned state.
-	tracks  map[key]*track
-	rules   map[string]ruleEntry // policy name → compiled rule of a version
-	running map[string]int       // policy → tasks in flight fleet-wide
-	hour    map[string]*governor.HourWindow
+	tracks map[key]*track
+	// openTracks: the tracks with an open incident (tr.inc set through setInc),
+	// so that what looks for waiting incidents does not walk every
+	// (agent, policy) of the fleet.
+	openTracks map[*track]struct{}
+	rules      map[string]ruleEntry // policy name → compiled rule of a version
+	running    map[string]int       // policy → tasks in flight fleet-wide
+	hour       map[string]*governor.HourWindow
 	// fleetHour: task starts of all policies in the last hour.
 	fleetHour governor.HourWindow
 	// pstate: breaker and correlated hold per policy (persisted).
@@ -144,18 +148,19 @@ func New(cfg Config) *Manager {
 		cfg.ClockSkew = 5 * time.Second
 	}
 	return &Manager{
-		cfg:     cfg,
-		log:     cfg.Log,
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		tracks:  map[key]*track{},
-		rules:   map[string]ruleEntry{},
-		running: map[string]int{},
-		hour:    map[string]*governor.HourWindow{},
-		pstate:  map[string]*store.PolicyState{},
-		failing: map[string]map[string]time.Time{},
-		matched: map[string]matchedEntry{},
+		cfg:        cfg,
+		log:        cfg.Log,
+		wake:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		tracks:     map[key]*track{},
+		openTracks: map[*track]struct{}{},
+		rules:      map[string]ruleEntry{},
+		running:    map[string]int{},
+		hour:       map[string]*governor.HourWindow{},
+		pstate:     map[string]*store.PolicyState{},
+		failing:    map[string]map[string]time.Time{},
+		matched:    map[string]matchedEntry{},
 	}
 }
 
@@ -263,6 +268,16 @@ func newID(prefix string) string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// setInc sets (or, with nil, clears) the open incident of a track.
+func (m *Manager) setInc(tr *track, inc *store.Incident) {
+	tr.inc = inc
+	if inc == nil {
+		delete(m.openTracks, tr)
+	} else {
+		m.openTracks[tr] = struct{}{}
+	}
 }
 
 func (m *Manager) track(agentID, pol string) *track {
@@ -438,7 +453,7 @@ func (m *Manager) open(tr *track, p *policy.Policy, version uint64, r *agentv1.C
 	}
 	switch {
 	case err == nil:
-		tr.inc = &open
+		m.setInc(tr, &open)
 		if open.State == store.IncidentOpen || open.State == store.IncidentSuppressed {
 			m.attempt(tr)
 		}
@@ -449,7 +464,7 @@ func (m *Manager) open(tr *track, p *policy.Policy, version uint64, r *agentv1.C
 	}
 	// Written with the task, if one is sent now.
 	m.laterInc(inc.ID, "create incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
-	tr.inc = &inc
+	m.setInc(tr, &inc)
 	tr.task = nil
 	m.log.Info("incident opened", "incident", inc.ID, "agent", agent.Name, "policy", p.Name(), "reason", d.Reason)
 	m.attempt(tr)
@@ -463,7 +478,7 @@ func (m *Manager) openFlapping(tr *track, p *policy.Policy, version uint64, d en
 		Timeline: []store.Event{{At: now, Kind: "flapping", Message: d.Reason + "; no remediation while the check flaps"}},
 	}
 	m.laterInc(inc.ID, "create flapping incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
-	tr.inc = &inc
+	m.setInc(tr, &inc)
 }
 
 func (m *Manager) cancelTimer(tr *track) {

@@ -134,7 +134,7 @@ func (m *Manager) noteFailedAttempt(tr *track, why string) bool {
 // reattempt asks the governor again for every waiting incident of the
 // policy (no task in flight), or only those stopped by one of rules.
 func (m *Manager) reattempt(pol string, rules []string) {
-	for _, tr := range m.sortedTracks() {
+	for _, tr := range m.sortedOpen() {
 		if tr.key.policy != pol || tr.inc == nil || tr.task != nil {
 			continue
 		}
@@ -151,11 +151,12 @@ func (m *Manager) reattempt(pol string, rules []string) {
 	}
 }
 
-// sortedTracks returns the tracks in a stable order (agent, policy), so
-// that which incident gets a freed slot does not depend on map order.
-func (m *Manager) sortedTracks() []*track {
-	out := make([]*track, 0, len(m.tracks))
-	for _, tr := range m.tracks {
+// sortedOpen returns the tracks with an open incident in a stable order
+// (policy, agent), so that which incident gets a freed slot does not depend
+// on map order.
+func (m *Manager) sortedOpen() []*track {
+	out := make([]*track, 0, len(m.openTracks))
+	for tr := range m.openTracks {
 		out = append(out, tr)
 	}
 	sort.Slice(out, func(i, j int) bool {

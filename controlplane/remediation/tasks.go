@@ -431,7 +431,7 @@ func (m *Manager) resolve(tr *track, why string) {
 	m.dropApproval(tr, "not needed: the incident was resolved")
 	tr.state.ResetAfterVerifiedRecovery()
 	tr.resolved = now
-	tr.inc = nil
+	m.setInc(tr, nil)
 	m.releaseTask(tr)
 	tr.passes = 0
 }
@@ -453,7 +453,7 @@ func (m *Manager) releaseSlot(tr *track) {
 // wakeWaiting gives incidents of the policy that wait for a free slot
 // (max_concurrent) a new chance now that a task has finished.
 func (m *Manager) wakeWaiting(pol string, except *track) {
-	for _, tr := range m.tracks {
+	for tr := range m.openTracks {
 		if tr == except || tr.key.policy != pol || tr.inc == nil || tr.task != nil || tr.inc.State != store.IncidentSuppressed {
 			continue
 		}
@@ -463,7 +463,7 @@ func (m *Manager) wakeWaiting(pol string, except *track) {
 	}
 	// A fleet-wide slot freed: incidents of other policies waiting for it.
 	if m.cfg.FleetMaxConcurrent > 0 {
-		for _, tr := range m.sortedTracks() {
+		for _, tr := range m.sortedOpen() {
 			if tr == except || tr.key.policy == pol || tr.inc == nil || tr.task != nil || tr.inc.State != store.IncidentSuppressed {
 				continue
 			}
