@@ -38,7 +38,11 @@ func (m *Manager) requestApproval(tr *track, p *policy.Policy) {
 		Action: rem.Action, Params: params.json, State: store.TaskAwaitingApproval, Attempt: tr.inc.Attempts + 1,
 		CreatedAt: now, ApprovalDeadline: now.Add(timeout),
 	}
-	stored, err := m.cfg.Store.CreateTask(t, nil)
+	var stored store.Task
+	err = m.commit(func(tx store.RemediationTx) (err error) {
+		stored, err = tx.CreateTask(t, nil)
+		return err
+	})
 	if err != nil {
 		m.log.Error("create task awaiting approval", "incident", tr.inc.ID, "err", err)
 		m.escalate(tr, fmt.Sprintf("could not create the task to approve: %v", err))
@@ -60,17 +64,16 @@ func (m *Manager) dropApproval(tr *track, why string) {
 	id := tr.approval.ID
 	tr.approval = nil
 	now := m.cfg.Now()
-	err := m.cfg.Store.UpdateTask(id, func(t *store.Task) error {
-		if t.State == store.TaskAwaitingApproval {
-			t.State = store.TaskExpired
-			t.FinishedAt = now
-			t.Reason = why
-		}
-		return nil
+	m.later("end task "+id+" awaiting approval", func(tx store.RemediationTx) error {
+		return tx.UpdateTask(id, func(t *store.Task) error {
+			if t.State == store.TaskAwaitingApproval {
+				t.State = store.TaskExpired
+				t.FinishedAt = now
+				t.Reason = why
+			}
+			return nil
+		})
 	})
-	if err != nil {
-		m.log.Error("end task awaiting approval", "task", id, "err", err)
-	}
 }
 
 // Approve approves a task that waits for approval and lets the governor
@@ -78,6 +81,7 @@ func (m *Manager) dropApproval(tr *track, why string) {
 func (m *Manager) Approve(ctx context.Context, taskID, by, comment string) (store.Task, error) {
 	var out store.Task
 	err := m.call(ctx, func() error {
+		m.flush() // an end of this task that waits
 		t, err := m.cfg.Store.GetTask(taskID)
 		if err != nil {
 			return err
@@ -93,9 +97,11 @@ func (m *Manager) Approve(ctx context.Context, taskID, by, comment string) (stor
 		if !now.Before(t.ApprovalDeadline) {
 			return fmt.Errorf("task %s: its approval deadline %s has passed (the incident escalates): %w", taskID, t.ApprovalDeadline.UTC().Format(time.RFC3339), store.ErrState)
 		}
-		if err := m.cfg.Store.UpdateTask(taskID, func(st *store.Task) error {
-			st.ApprovedBy, st.ApprovedAt = by, now
-			return nil
+		if err := m.commit(func(tx store.RemediationTx) error {
+			return tx.UpdateTask(taskID, func(st *store.Task) error {
+				st.ApprovedBy, st.ApprovedAt = by, now
+				return nil
+			})
 		}); err != nil {
 			return err
 		}
@@ -107,6 +113,7 @@ func (m *Manager) Approve(ctx context.Context, taskID, by, comment string) (stor
 		m.event(tr, store.Event{Kind: "approved", TaskID: taskID, Message: msg}, "")
 		m.log.Info("task approved", "task", taskID, "by", by)
 		m.attempt(tr)
+		m.flush()
 		out, err = m.cfg.Store.GetTask(taskID)
 		return err
 	})

@@ -55,6 +55,7 @@ func (m *Manager) autonomousRun(agentID string, run *agentv1.AutonomousRun) erro
 		return nil
 	}
 	incID := "inc-" + run.GetRunId()
+	m.flush() // the reads below see every earlier report
 	if _, err := m.cfg.Store.GetIncident(incID); err == nil {
 		return nil // reported before
 	} else if !errors.Is(err, store.ErrNotFound) {
@@ -91,7 +92,7 @@ func (m *Manager) autonomousRun(agentID string, run *agentv1.AutonomousRun) erro
 	inc := store.Incident{ID: incID, AgentID: agentID, Policy: o.GetPolicy(), PolicyVersion: o.GetPolicyVersion(),
 		State: store.IncidentOpen, OpenedAt: opened, UpdatedAt: now, Reason: marker.Message, Timeline: events, Attempts: 1}
 	tr := m.track(agentID, o.GetPolicy())
-	if err := m.cfg.Store.CreateIncident(inc); err != nil {
+	if err := m.commit(func(tx store.RemediationTx) error { return tx.CreateIncident(inc) }); err != nil {
 		if !errors.Is(err, store.ErrExists) {
 			return err
 		}
@@ -105,18 +106,26 @@ func (m *Manager) autonomousRun(agentID string, run *agentv1.AutonomousRun) erro
 				return nil
 			}
 		}
-		if err := m.cfg.Store.UpdateIncident(open.ID, func(i *store.Incident) error {
-			i.Timeline = append(i.Timeline, events...)
-			i.UpdatedAt = now
-			return nil
+		runs := append(slices.Clone(ps.ReportedRuns), run.GetRunId())
+		if len(runs) > maxReportedRuns {
+			runs = runs[len(runs)-maxReportedRuns:]
+		}
+		// The events and the run id that deduplicates them, together.
+		saved := policyStateCopy(ps)
+		saved.ReportedRuns = runs
+		if err := m.commit(func(tx store.RemediationTx) error {
+			if err := tx.UpdateIncident(open.ID, func(i *store.Incident) error {
+				i.Timeline = append(i.Timeline, events...)
+				i.UpdatedAt = now
+				return nil
+			}); err != nil {
+				return err
+			}
+			return tx.PutPolicyState(saved)
 		}); err != nil {
 			return err
 		}
-		ps.ReportedRuns = append(ps.ReportedRuns, run.GetRunId())
-		if len(ps.ReportedRuns) > maxReportedRuns {
-			ps.ReportedRuns = ps.ReportedRuns[len(ps.ReportedRuns)-maxReportedRuns:]
-		}
-		m.savePolicyState(ps)
+		ps.ReportedRuns = runs
 		if tr.inc != nil && tr.inc.ID == open.ID {
 			tr.inc.Timeline = append(tr.inc.Timeline, events...)
 		}

@@ -48,7 +48,7 @@ func (m *Manager) escalate(tr *track, why string) {
 	m.event(tr, store.Event{Kind: "escalated", Message: why}, store.IncidentEscalated)
 	inc := *tr.inc
 	m.log.Warn("incident escalated", "incident", inc.ID, "agent_id", inc.AgentID, "policy", inc.Policy, "why", why)
-	tr.inc = nil
+	m.setInc(tr, nil)
 	tr.passes = 0
 	// The trigger stays set: no new incident (and no new automation) for
 	// this check until it has passed a whole window on its own. The
@@ -64,6 +64,7 @@ func (m *Manager) escalate(tr *track, why string) {
 	if a, ok := m.cfg.Fleet.Get(inc.AgentID); ok {
 		body.Agent.ID, body.Agent.Name, body.Agent.Labels = a.ID, a.Name, a.Labels
 	}
+	m.flush() // the tasks as they are now
 	if tasks, err := m.cfg.Store.ListTasks(store.TaskFilter{IncidentID: inc.ID}); err == nil {
 		for _, t := range tasks {
 			body.Tasks = append(body.Tasks, escalationTask{ID: t.ID, Action: t.Action, Params: t.Params, State: t.State,
@@ -83,13 +84,10 @@ func (m *Manager) escalate(tr *track, why string) {
 			msg = fmt.Sprintf("escalation webhook to %s failed: %v", url, err)
 		}
 		m.enqueue(func() {
-			at := m.cfg.Now()
-			if uerr := m.cfg.Store.UpdateIncident(incID, func(i *store.Incident) error {
-				i.Timeline = append(i.Timeline, store.Event{At: at, Kind: "notified", Message: msg})
-				return nil
-			}); uerr != nil {
-				m.log.Error("record webhook outcome", "incident", incID, "err", uerr)
-			}
+			ev := store.Event{At: m.cfg.Now(), Kind: "notified", Message: msg}
+			m.laterInc(incID, "record webhook outcome on "+incID, func(tx store.RemediationTx) error {
+				return tx.UpdateIncident(incID, appendEvents(ev))
+			})
 		})
 	}})
 }
@@ -125,7 +123,7 @@ func (m *Manager) OnConnect(agentID string, taskHighWater uint64) {
 // raised limit frees waiting incidents, a deleted policy escalates them.
 func (m *Manager) PolicyChanged(name string) {
 	m.enqueue(func() {
-		for _, tr := range m.tracks {
+		for _, tr := range m.sortedOpen() {
 			if tr.key.policy != name || tr.inc == nil || tr.task != nil {
 				continue
 			}
@@ -211,7 +209,7 @@ func (m *Manager) recover() error {
 		}
 		opened++
 		tr := m.track(inc.AgentID, inc.Policy)
-		tr.inc = &inc
+		m.setInc(tr, &inc)
 		tr.state.Triggered = true
 		its, err := m.cfg.Store.ListTasks(store.TaskFilter{IncidentID: inc.ID})
 		if err != nil {

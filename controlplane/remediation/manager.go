@@ -101,10 +101,14 @@ type Manager struct {
 	done  chan struct{}
 
 	// Loop-owned state.
-	tracks  map[key]*track
-	rules   map[string]ruleEntry // policy name → compiled rule of a version
-	running map[string]int       // policy → tasks in flight fleet-wide
-	hour    map[string]*governor.HourWindow
+	tracks map[key]*track
+	// openTracks: the tracks with an open incident (tr.inc set through setInc),
+	// so that what looks for waiting incidents does not walk every
+	// (agent, policy) of the fleet.
+	openTracks map[*track]struct{}
+	rules      map[string]ruleEntry // policy name → compiled rule of a version
+	running    map[string]int       // policy → tasks in flight fleet-wide
+	hour       map[string]*governor.HourWindow
 	// fleetHour: task starts of all policies in the last hour.
 	fleetHour governor.HourWindow
 	// pstate: breaker and correlated hold per policy (persisted).
@@ -114,6 +118,11 @@ type Manager struct {
 	sweepArmed bool
 	started    time.Time
 	matched    map[string]matchedEntry
+	// pending: writes waiting for the next commit (writes.go), the oldest
+	// queued at pendingSince.
+	pending      []pendingWrite
+	pendingSince time.Time
+	flushArmed   bool
 	// held mirrors, for other goroutines, which policies are held.
 	held sync.Map
 }
@@ -139,18 +148,19 @@ func New(cfg Config) *Manager {
 		cfg.ClockSkew = 5 * time.Second
 	}
 	return &Manager{
-		cfg:     cfg,
-		log:     cfg.Log,
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		tracks:  map[key]*track{},
-		rules:   map[string]ruleEntry{},
-		running: map[string]int{},
-		hour:    map[string]*governor.HourWindow{},
-		pstate:  map[string]*store.PolicyState{},
-		failing: map[string]map[string]time.Time{},
-		matched: map[string]matchedEntry{},
+		cfg:        cfg,
+		log:        cfg.Log,
+		wake:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		tracks:     map[key]*track{},
+		openTracks: map[*track]struct{}{},
+		rules:      map[string]ruleEntry{},
+		running:    map[string]int{},
+		hour:       map[string]*governor.HourWindow{},
+		pstate:     map[string]*store.PolicyState{},
+		failing:    map[string]map[string]time.Time{},
+		matched:    map[string]matchedEntry{},
 	}
 }
 
@@ -165,10 +175,24 @@ func (m *Manager) enqueue(fn func()) {
 	}
 }
 
-// call runs fn on the loop and waits for it.
+// call runs fn on the loop and waits for it; what fn did is durable when
+// the caller hears back.
 func (m *Manager) call(ctx context.Context, fn func() error) error {
+	return m.callThen(ctx, fn, true)
+}
+
+// callThen is call; with flush false, only what fn committed itself is
+// durable when the caller hears back, its other writes wait for the next
+// commit.
+func (m *Manager) callThen(ctx context.Context, fn func() error, flush bool) error {
 	errc := make(chan error, 1)
-	m.enqueue(func() { errc <- fn() })
+	m.enqueue(func() {
+		err := fn()
+		if flush {
+			m.flush()
+		}
+		errc <- err
+	})
 	select {
 	case err := <-errc:
 		return err
@@ -208,6 +232,7 @@ func (m *Manager) Stop() {
 
 func (m *Manager) loop() {
 	defer close(m.done)
+	defer m.flush()
 	for {
 		select {
 		case <-m.stop:
@@ -230,7 +255,12 @@ func (m *Manager) loop() {
 				}
 				fn()
 			}
+			// Busy without a break: the writes behind still go in time.
+			if len(m.pending) > 0 && time.Since(m.pendingSince) >= maxWriteDelay {
+				m.flush()
+			}
 		}
+		m.writeBehind()
 	}
 }
 
@@ -238,6 +268,16 @@ func newID(prefix string) string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// setInc sets (or, with nil, clears) the open incident of a track.
+func (m *Manager) setInc(tr *track, inc *store.Incident) {
+	tr.inc = inc
+	if inc == nil {
+		delete(m.openTracks, tr)
+	} else {
+		m.openTracks[tr] = struct{}{}
+	}
 }
 
 func (m *Manager) track(agentID, pol string) *track {
@@ -402,20 +442,29 @@ func (m *Manager) open(tr *track, p *policy.Policy, version uint64, r *agentv1.C
 		Timeline: []store.Event{{At: now, Kind: "detected",
 			Message: fmt.Sprintf("%s on %s: %s; last result %s: %s", p.Name(), agent.Name, d.Reason, engine.StatusName(r.GetStatus()), firstLine(r.GetOutput()))}},
 	}
-	if err := m.cfg.Store.CreateIncident(inc); err != nil {
-		if errors.Is(err, store.ErrExists) {
-			if open, err2 := m.cfg.Store.OpenIncident(tr.key.agent, p.Name()); err2 == nil {
-				tr.inc = &open
-				if open.State == store.IncidentOpen || open.State == store.IncidentSuppressed {
-					m.attempt(tr)
-				}
-				return
-			}
+	// The loop holds every open incident, so the store has none for this
+	// (agent, policy) unless it was changed behind the loop's back: then
+	// carry on with that one. One the store has open may be closed by a
+	// write that waits (a recovery just verified): write it first.
+	open, err := m.cfg.Store.OpenIncident(tr.key.agent, p.Name())
+	if err == nil && m.pendingFor(open.ID) {
+		m.flush()
+		open, err = m.cfg.Store.OpenIncident(tr.key.agent, p.Name())
+	}
+	switch {
+	case err == nil:
+		m.setInc(tr, &open)
+		if open.State == store.IncidentOpen || open.State == store.IncidentSuppressed {
+			m.attempt(tr)
 		}
+		return
+	case !errors.Is(err, store.ErrNotFound):
 		m.log.Error("open incident", "agent_id", tr.key.agent, "policy", p.Name(), "err", err)
 		return
 	}
-	tr.inc = &inc
+	// Written with the task, if one is sent now.
+	m.laterInc(inc.ID, "create incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
+	m.setInc(tr, &inc)
 	tr.task = nil
 	m.log.Info("incident opened", "incident", inc.ID, "agent", agent.Name, "policy", p.Name(), "reason", d.Reason)
 	m.attempt(tr)
@@ -428,44 +477,8 @@ func (m *Manager) openFlapping(tr *track, p *policy.Policy, version uint64, d en
 		State: store.IncidentFlapping, OpenedAt: now, UpdatedAt: now, Reason: d.Reason,
 		Timeline: []store.Event{{At: now, Kind: "flapping", Message: d.Reason + "; no remediation while the check flaps"}},
 	}
-	if err := m.cfg.Store.CreateIncident(inc); err != nil {
-		m.log.Error("open flapping incident", "err", err)
-		return
-	}
-	tr.inc = &inc
-}
-
-// event appends to the open incident's timeline and optionally changes its
-// state, durably.
-func (m *Manager) event(tr *track, ev store.Event, state string) {
-	if tr.inc == nil {
-		return
-	}
-	if ev.At.IsZero() {
-		ev.At = m.cfg.Now()
-	}
-	var updated store.Incident
-	err := m.cfg.Store.UpdateIncident(tr.inc.ID, func(inc *store.Incident) error {
-		inc.Timeline = append(inc.Timeline, ev)
-		inc.UpdatedAt = ev.At
-		if state != "" {
-			inc.State = state
-			if store.IncidentTerminal(state) {
-				inc.ResolvedAt = ev.At
-			}
-		}
-		if ev.Kind != "started" && ev.Kind != "sent" && ev.Kind != "signed" {
-			inc.Reason = ev.Message
-		}
-		inc.Attempts = tr.inc.Attempts
-		updated = *inc
-		return nil
-	})
-	if err != nil {
-		m.log.Error("update incident", "incident", tr.inc.ID, "err", err)
-		return
-	}
-	tr.inc = &updated
+	m.laterInc(inc.ID, "create flapping incident "+inc.ID, func(tx store.RemediationTx) error { return tx.CreateIncident(inc) })
+	m.setInc(tr, &inc)
 }
 
 func (m *Manager) cancelTimer(tr *track) {
@@ -522,7 +535,13 @@ func (m *Manager) attempt(tr *track) {
 		return
 	}
 	now := m.cfg.Now()
-	in := governor.FromPolicy(p, m.matchedCount(p.Name(), m.cfg.Now()))
+	// The matched agents are counted only for a maxConcurrent in percent:
+	// counting walks the fleet.
+	matched := 0
+	if l := p.Spec.Limits; l != nil && strings.HasSuffix(string(l.MaxConcurrent), "%") {
+		matched = m.matchedCount(p.Name(), now)
+	}
+	in := governor.FromPolicy(p, matched)
 	in.Now = now
 	if a, ok := m.cfg.Fleet.Get(tr.key.agent); ok {
 		in.Agent = a.Name

@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -383,4 +385,166 @@ func TestRestartFollowsUpAnIncidentLeftRemediating(t *testing.T) {
 	require.EqualValues(t, 2, tk2.GetAttempt())
 	inc := h.incident("a1", "web", store.IncidentRemediating)
 	require.Contains(t, timelineKinds(inc), "retry")
+}
+
+// recordingStore records the writes of each committed transaction.
+type recordingStore struct {
+	store.Store
+	mu  sync.Mutex
+	txs [][]string
+}
+
+type recordingTx struct {
+	store.RemediationTx
+	ops *[]string
+}
+
+func (r recordingTx) CreateIncident(inc store.Incident) error {
+	*r.ops = append(*r.ops, "CreateIncident")
+	return r.RemediationTx.CreateIncident(inc)
+}
+
+func (r recordingTx) UpdateIncident(id string, fn func(*store.Incident) error) error {
+	*r.ops = append(*r.ops, "UpdateIncident")
+	return r.RemediationTx.UpdateIncident(id, fn)
+}
+
+func (r recordingTx) CreateTask(t store.Task, seal func(*store.Task) error) (store.Task, error) {
+	*r.ops = append(*r.ops, "CreateTask")
+	return r.RemediationTx.CreateTask(t, seal)
+}
+
+func (r recordingTx) UpdateTask(id string, fn func(*store.Task) error) error {
+	*r.ops = append(*r.ops, "UpdateTask")
+	return r.RemediationTx.UpdateTask(id, fn)
+}
+
+func (r *recordingStore) UpdateRemediation(fn func(store.RemediationTx) error) error {
+	var ops []string
+	err := r.Store.UpdateRemediation(func(tx store.RemediationTx) error {
+		ops = ops[:0]
+		return fn(recordingTx{RemediationTx: tx, ops: &ops})
+	})
+	if err == nil {
+		r.mu.Lock()
+		r.txs = append(r.txs, ops)
+		r.mu.Unlock()
+	}
+	return err
+}
+
+func (r *recordingStore) committed() [][]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.txs)
+}
+
+// A decision is one transaction, durable before the task leaves: the
+// incident, the signed task and the events that explain it; the "sent"
+// mark and the agent's "running" are written later, every event kept.
+func TestOneTransactionPerDecision(t *testing.T) {
+	var rec *recordingStore
+	h := newHarnessWith(t, policyYAML("enforce"), func(c *Config) {
+		rec = &recordingStore{Store: c.Store}
+		c.Store = rec
+	}, "a1")
+	h.result("a1", "web", crit)
+	h.result("a1", "web", crit)
+	tk := h.task("a1")
+
+	// Already durable when the agent has it, without waiting.
+	txs := rec.committed()
+	require.NotEmpty(t, txs)
+	require.Equal(t, []string{"CreateIncident", "CreateTask", "UpdateIncident", "UpdateIncident"}, txs[0], "the decision's transaction")
+	stored, err := h.st.GetTask(tk.GetTaskId())
+	require.NoError(t, err)
+	require.Equal(t, tk.GetSeq(), stored.Seq)
+	env, err := task.OpenTask(stored.Envelope, map[string]ed25519.PublicKey{h.key.ID: h.key.Pub})
+	require.NoError(t, err)
+	require.Equal(t, tk.GetTaskId(), env.GetTaskId())
+	seq, err := h.st.TaskSeq("a1")
+	require.NoError(t, err)
+	require.Equal(t, tk.GetSeq(), seq)
+	inc, err := h.st.GetIncident(stored.IncidentID)
+	require.NoError(t, err)
+	require.Equal(t, store.IncidentRemediating, inc.State)
+	kinds := timelineKinds(inc) // "sent" follows, when it was written since
+	require.GreaterOrEqual(t, len(kinds), 3)
+	require.Equal(t, []string{"detected", "decided", "signed"}, kinds[:3])
+	require.Equal(t, 1, inc.Attempts)
+
+	// The agent's "running": the task's state and the event in one
+	// transaction, with the "sent" mark if it still waits.
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_RUNNING, "")
+	got, err := h.st.GetTask(tk.GetTaskId())
+	require.NoError(t, err)
+	require.Equal(t, store.TaskRunning, got.State)
+	h.update("a1", tk, agentv1.TaskState_TASK_STATE_SUCCEEDED, "")
+	h.result("a1", "web", ok)
+	inc = h.incident("a1", "web", store.IncidentResolved)
+	require.Equal(t, []string{"detected", "decided", "signed", "sent", "started", "finished", "verifying", "verified"}, timelineKinds(inc))
+	got, err = h.st.GetTask(tk.GetTaskId())
+	require.NoError(t, err)
+	require.Equal(t, store.TaskSucceeded, got.State)
+	require.False(t, got.SentAt.IsZero(), "the sent mark is written")
+	// The decision, "running", "succeeded", and at most three writes
+	// behind ("sent" if it did not wait for "running", "finished" and
+	// "verifying", "verified"): 12 before.
+	require.LessOrEqual(t, len(rec.committed()), 6)
+}
+
+// A check that fails again right after its verified recovery opens a new
+// incident and gets a new task, while the recovery may still wait to be
+// written.
+func TestFailsAgainRightAfterRecovery(t *testing.T) {
+	h := newHarness(t, benchPolicy, "a1")
+	for i := range 3 {
+		h.result("a1", "web", crit)
+		tk := h.task("a1")
+		require.EqualValues(t, i+1, tk.GetSeq())
+		h.update("a1", tk, agentv1.TaskState_TASK_STATE_RUNNING, "")
+		h.update("a1", tk, agentv1.TaskState_TASK_STATE_SUCCEEDED, "")
+		h.result("a1", "web", ok)
+	}
+	incs, err := h.st.ListIncidents(store.IncidentFilter{AgentID: "a1"})
+	require.NoError(t, err)
+	require.Len(t, incs, 3)
+}
+
+// A write that fails does not take the others with it: not the pending
+// writes, not the commit's own.
+func TestCommitIsolatesAFailingWrite(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "tend.db"), bolt.Options{NoSync: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	m := New(Config{Store: st, Log: quiet})
+	create := func(id string) func(store.RemediationTx) error {
+		return func(tx store.RemediationTx) error {
+			return tx.CreateIncident(store.Incident{ID: id, AgentID: "a1", Policy: id, State: store.IncidentOpen})
+		}
+	}
+	exists := func(id string) bool {
+		_, err := st.GetIncident(id)
+		return err == nil
+	}
+
+	m.later("a", create("inc-a"))
+	m.later("missing", func(tx store.RemediationTx) error {
+		return tx.UpdateIncident("inc-missing", appendEvents(store.Event{Kind: "x"}))
+	})
+	m.later("b", create("inc-b"))
+	require.NoError(t, m.commit(create("inc-c")))
+	require.True(t, exists("inc-a") && exists("inc-b") && exists("inc-c"))
+	require.Empty(t, m.pending)
+
+	// The commit's own write is refused: the pending ones are written.
+	m.later("d", create("inc-d"))
+	err = m.commit(create("inc-a")) // used id
+	require.ErrorIs(t, err, store.ErrExists)
+	require.True(t, exists("inc-d"))
+
+	m.later("e", create("inc-e"))
+	m.flush()
+	require.True(t, exists("inc-e"))
+	require.NoError(t, st.Verify())
 }

@@ -28,13 +28,23 @@ func (m *Manager) policyState(pol string) *store.PolicyState {
 	return ps
 }
 
-// savePolicyState persists a policy's state; a failure is logged (the loop
-// keeps the state in memory and the next change writes it again).
+// savePolicyState persists a policy's state with the next commit; a
+// failure is logged (the loop keeps the state in memory and the next
+// change writes it again).
 func (m *Manager) savePolicyState(ps *store.PolicyState) {
-	if err := m.cfg.Store.PutPolicyState(*ps); err != nil {
-		m.log.Error("save policy state", "policy", ps.Policy, "err", err)
-	}
+	c := policyStateCopy(ps)
+	m.later("save policy state "+c.Policy, func(tx store.RemediationTx) error { return tx.PutPolicyState(c) })
 	m.noteHeld(ps)
+}
+
+// policyStateCopy is a copy of ps that shares nothing with it (the loop
+// goes on changing ps and its slices while the copy waits to be written).
+func policyStateCopy(ps *store.PolicyState) store.PolicyState {
+	c := *ps
+	c.Failures = slices.Clone(ps.Failures)
+	c.FailingAgents = slices.Clone(ps.FailingAgents)
+	c.ReportedRuns = slices.Clone(ps.ReportedRuns)
+	return c
 }
 
 // noteHeld keeps the concurrent-safe view of which policies are held
@@ -124,7 +134,7 @@ func (m *Manager) noteFailedAttempt(tr *track, why string) bool {
 // reattempt asks the governor again for every waiting incident of the
 // policy (no task in flight), or only those stopped by one of rules.
 func (m *Manager) reattempt(pol string, rules []string) {
-	for _, tr := range m.sortedTracks() {
+	for _, tr := range m.sortedOpen() {
 		if tr.key.policy != pol || tr.inc == nil || tr.task != nil {
 			continue
 		}
@@ -141,11 +151,12 @@ func (m *Manager) reattempt(pol string, rules []string) {
 	}
 }
 
-// sortedTracks returns the tracks in a stable order (agent, policy), so
-// that which incident gets a freed slot does not depend on map order.
-func (m *Manager) sortedTracks() []*track {
-	out := make([]*track, 0, len(m.tracks))
-	for _, tr := range m.tracks {
+// sortedOpen returns the tracks with an open incident in a stable order
+// (policy, agent), so that which incident gets a freed slot does not depend
+// on map order.
+func (m *Manager) sortedOpen() []*track {
+	out := make([]*track, 0, len(m.openTracks))
+	for tr := range m.openTracks {
 		out = append(out, tr)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -264,7 +275,7 @@ func (m *Manager) checkCorrelation(p *policy.Policy, now time.Time) {
 		State: store.IncidentOpen, OpenedAt: now, UpdatedAt: now, Reason: reason,
 		Timeline: []store.Event{{At: now, Kind: "detected", Rule: "correlated", Message: "fleet-wide: " + reason}},
 	}
-	if err := m.cfg.Store.CreateIncident(inc); err != nil {
+	if err := m.commit(func(tx store.RemediationTx) error { return tx.CreateIncident(inc) }); err != nil {
 		if open, err2 := m.cfg.Store.OpenIncident(store.FleetAgentID, p.Name()); err2 == nil {
 			inc = open
 		} else {
@@ -361,13 +372,14 @@ func (m *Manager) endCorrelation(pol, why, by string) {
 	m.savePolicyState(ps)
 	m.log.Info("correlated hold ended", "policy", pol, "why", why, "by", by)
 	if fleetInc != "" {
-		at := m.cfg.Now()
-		if err := m.cfg.Store.UpdateIncident(fleetInc, func(i *store.Incident) error {
-			i.Timeline = append(i.Timeline, store.Event{At: at, Kind: "resolved", Rule: "correlated", Message: why})
+		ev := store.Event{At: m.cfg.Now(), Kind: "resolved", Rule: "correlated", Message: why}
+		m.laterInc(fleetInc, "record end of correlated hold on "+fleetInc, func(tx store.RemediationTx) error {
+			// A fleet incident that is gone (a store from before) is no error.
+			if err := tx.UpdateIncident(fleetInc, appendEvents(ev)); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
 			return nil
-		}); err != nil && !errors.Is(err, store.ErrNotFound) {
-			m.log.Error("record end of correlated hold", "incident", fleetInc, "err", err)
-		}
+		})
 	}
 	m.reattempt(pol, []string{"correlated"})
 }

@@ -62,8 +62,8 @@ func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 		t.Envelope = env
 		return nil
 	}
-	var stored store.Task
-	if a := tr.approval; a != nil {
+	approved := tr.approval
+	if a := approved; a != nil {
 		// Approved (or approval no longer required): sign the task the
 		// person saw, with the params they approved.
 		if string(a.Params) != string(prm.json) || a.Action != rem.Action {
@@ -77,41 +77,61 @@ func (m *Manager) dispatch(tr *track, p *policy.Policy) {
 			return
 		}
 		attempt = a.Attempt
-		stored, err = m.cfg.Store.SealTask(a.ID, seal)
-		if err == nil {
-			tr.approval = nil
-		}
-	} else {
-		stored, err = m.cfg.Store.CreateTask(store.Task{
-			ID:            newID("task"),
-			IncidentID:    tr.inc.ID,
-			AgentID:       tr.key.agent,
-			Policy:        p.Name(),
-			PolicyVersion: version,
-			Action:        rem.Action,
-			Params:        prm.json,
-			State:         store.TaskPending,
-			Attempt:       attempt,
-			CreatedAt:     now,
-		}, seal)
 	}
+	// One transaction: the task with the agent's next seq and its
+	// signature, the events that explain it and the incident's new state,
+	// with the writes still pending (the incident itself, when it opened
+	// just now). Durable before the task leaves.
+	incID := tr.inc.ID
+	var stored store.Task
+	var decided, signed store.Event
+	err = m.commit(func(tx store.RemediationTx) error {
+		var err error
+		if approved != nil {
+			stored, err = tx.SealTask(approved.ID, seal)
+		} else {
+			stored, err = tx.CreateTask(store.Task{
+				ID:            newID("task"),
+				IncidentID:    incID,
+				AgentID:       tr.key.agent,
+				Policy:        p.Name(),
+				PolicyVersion: version,
+				Action:        rem.Action,
+				Params:        prm.json,
+				State:         store.TaskPending,
+				Attempt:       attempt,
+				CreatedAt:     now,
+			}, seal)
+		}
+		if err != nil {
+			return err
+		}
+		decided = store.Event{At: now, Kind: "decided", TaskID: stored.ID,
+			Message: fmt.Sprintf("attempt %d of %d: %s %s", attempt, rem.MaxAttempts, rem.Action, string(prm.json))}
+		signed = store.Event{At: now, Kind: "signed", TaskID: stored.ID,
+			Message: fmt.Sprintf("task %s seq %d signed with key %s, valid until %s", stored.ID, stored.Seq, signer.ID, stored.ExpiresAt.Format(time.RFC3339))}
+		if err := tx.UpdateIncident(incID, eventChange(decided, store.IncidentRemediating, attempt)); err != nil {
+			return err
+		}
+		return tx.UpdateIncident(incID, eventChange(signed, "", attempt))
+	})
 	if err != nil {
-		m.log.Error("create task", "incident", tr.inc.ID, "err", err)
+		m.log.Error("create task", "incident", incID, "err", err)
 		m.escalate(tr, fmt.Sprintf("could not create the task: %v", err))
 		return
 	}
 	failpoint.Inject(failpoint.CPAfterTaskPersist)
+	if approved != nil {
+		tr.approval = nil
+	}
 	tr.task = &stored
 	tr.inc.Attempts = attempt
 	m.running[p.Name()]++
 	tr.slot = true
 	m.hourWindow(p.Name()).Add(now)
 	m.fleetHour.Add(now)
-	maxAttempts := rem.MaxAttempts
-	m.event(tr, store.Event{Kind: "decided", TaskID: stored.ID,
-		Message: fmt.Sprintf("attempt %d of %d: %s %s", attempt, maxAttempts, rem.Action, string(prm.json))}, store.IncidentRemediating)
-	m.event(tr, store.Event{Kind: "signed", TaskID: stored.ID,
-		Message: fmt.Sprintf("task %s seq %d signed with key %s, valid until %s", stored.ID, stored.Seq, signer.ID, stored.ExpiresAt.Format(time.RFC3339))}, "")
+	applyEvent(tr, eventChange(decided, store.IncidentRemediating, attempt))
+	applyEvent(tr, eventChange(signed, "", attempt))
 	m.send(tr, stored)
 	m.after(tr, stored.ExpiresAt.Add(expiryMargin), func() { m.expire(tr, stored.ID) })
 }
@@ -138,17 +158,20 @@ func (m *Manager) send(tr *track, t store.Task) {
 		m.event(tr, store.Event{Kind: "sent", TaskID: t.ID, Message: "agent stream busy: the task waits for the reconnect"}, "")
 		return
 	}
+	// The mark waits for the next write: a crash before it leaves the task
+	// pending, and it is sent again on the agent's next connect, which
+	// ignores it (its seq is not above the agent's high-water mark).
 	now := m.cfg.Now()
-	err := m.cfg.Store.UpdateTask(t.ID, func(st *store.Task) error {
-		if st.State == store.TaskPending {
-			st.State = store.TaskSent
-			st.SentAt = now
-		}
-		return nil
+	id := t.ID
+	m.later("mark task "+id+" sent", func(tx store.RemediationTx) error {
+		return tx.UpdateTask(id, func(st *store.Task) error {
+			if st.State == store.TaskPending {
+				st.State = store.TaskSent
+				st.SentAt = now
+			}
+			return nil
+		})
 	})
-	if err != nil {
-		m.log.Error("mark task sent", "task", t.ID, "err", err)
-	}
 	if tr.task != nil && tr.task.ID == t.ID && tr.task.State == store.TaskPending {
 		tr.task.State = store.TaskSent
 	}
@@ -194,7 +217,10 @@ func (m *Manager) expire(tr *track, taskID string) {
 // agent's update is acknowledged. Updates about another agent's task, and
 // late updates of finished tasks, are ignored (and acknowledged).
 func (m *Manager) OnTaskUpdate(ctx context.Context, agentID string, u *agentv1.TaskUpdate) error {
-	return m.call(ctx, func() error { return m.taskUpdate(agentID, u) })
+	// The task's new state is committed before taskUpdate returns; the
+	// events that follow from it (finished, verifying, retry, ...) are
+	// written behind: the agent's acknowledgement does not wait for them.
+	return m.callThen(ctx, func() error { return m.taskUpdate(agentID, u) }, false)
 }
 
 func taskStateWord(s agentv1.TaskState) string {
@@ -224,22 +250,32 @@ func (m *Manager) taskUpdate(agentID string, u *agentv1.TaskUpdate) error {
 	tr := m.track(agentID, t.Policy)
 	if tr.inc == nil || tr.inc.ID != t.IncidentID || tr.task == nil || tr.task.ID != t.ID {
 		// Not the task in flight (e.g. after a restart): record it only.
-		return m.cfg.Store.UpdateTask(t.ID, func(st *store.Task) error {
-			st.State = taskStateWord(u.GetState())
-			st.Output, st.Reason = u.GetOutput(), u.GetReason()
-			if store.TaskTerminal(st.State) {
-				st.FinishedAt = u.GetAt().AsTime()
-			}
-			return nil
+		return m.commit(func(tx store.RemediationTx) error {
+			return tx.UpdateTask(t.ID, func(st *store.Task) error {
+				st.State = taskStateWord(u.GetState())
+				st.Output, st.Reason = u.GetOutput(), u.GetReason()
+				if store.TaskTerminal(st.State) {
+					st.FinishedAt = u.GetAt().AsTime()
+				}
+				return nil
+			})
 		})
 	}
 	at := u.GetAt().AsTime()
 	switch u.GetState() {
 	case agentv1.TaskState_TASK_STATE_RUNNING:
-		if err := m.cfg.Store.UpdateTask(t.ID, func(st *store.Task) error {
-			st.State = store.TaskRunning
-			st.StartedAt = at
-			return nil
+		// The task's state and the event together, before the ack.
+		started := eventChange(store.Event{At: m.cfg.Now(), Kind: "started", TaskID: t.ID, Message: "the agent verified the task and started " + t.Action}, "", tr.inc.Attempts)
+		incID := tr.inc.ID
+		if err := m.commit(func(tx store.RemediationTx) error {
+			if err := tx.UpdateTask(t.ID, func(st *store.Task) error {
+				st.State = store.TaskRunning
+				st.StartedAt = at
+				return nil
+			}); err != nil {
+				return err
+			}
+			return tx.UpdateIncident(incID, started)
 		}); err != nil {
 			return err
 		}
@@ -248,7 +284,7 @@ func (m *Manager) taskUpdate(agentID string, u *agentv1.TaskUpdate) error {
 			m.cfg.Observe("trigger_to_task_running", m.cfg.Now().Sub(tr.triggerAt))
 			tr.triggerAt = time.Time{}
 		}
-		m.event(tr, store.Event{Kind: "started", TaskID: t.ID, Message: "the agent verified the task and started " + t.Action}, "")
+		applyEvent(tr, started)
 	case agentv1.TaskState_TASK_STATE_SUCCEEDED:
 		return m.finishTask(tr, t, store.TaskSucceeded, "", u)
 	case agentv1.TaskState_TASK_STATE_FAILED:
@@ -274,12 +310,14 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 		finished = u.GetAt().AsTime()
 		output = u.GetOutput()
 	}
-	err := m.cfg.Store.UpdateTask(t.ID, func(st *store.Task) error {
-		st.State = state
-		st.FinishedAt = finished
-		st.Output = output
-		st.Reason = reason
-		return nil
+	err := m.commit(func(tx store.RemediationTx) error {
+		return tx.UpdateTask(t.ID, func(st *store.Task) error {
+			st.State = state
+			st.FinishedAt = finished
+			st.Output = output
+			st.Reason = reason
+			return nil
+		})
 	})
 	if err != nil {
 		m.log.Error("finish task", "task", t.ID, "err", err)
@@ -305,7 +343,8 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 		m.event(tr, store.Event{At: now, Kind: "verifying", TaskID: t.ID,
 			Message: fmt.Sprintf("waiting up to %s for %s to pass again", within, t.Policy)}, store.IncidentVerifying)
 		tr.verifyWaits = 0
-		m.after(tr, now.Add(within), func() { m.notVerified(tr, t.Policy, within) })
+		due := now.Add(within)
+		m.after(tr, due, func() { m.notVerified(tr, t.Policy, within, due) })
 	case store.TaskRejected:
 		m.event(tr, store.Event{At: now, Kind: "rejected", TaskID: t.ID, Message: "the agent rejected the task: " + reason}, "")
 		m.noteFailedAttempt(tr, "task "+t.ID+" rejected: "+reason)
@@ -327,19 +366,23 @@ func (m *Manager) finishTask(tr *track, t store.Task, state, reason string, u *a
 	return nil
 }
 
-// notVerified ends an attempt whose check did not pass again in time.
-func (m *Manager) notVerified(tr *track, pol string, within time.Duration) {
+// notVerified ends an attempt whose check did not pass again in time (due
+// is when the wait of within ended; the timer may come a little later).
+func (m *Manager) notVerified(tr *track, pol string, within time.Duration, due time.Time) {
 	if tr.inc == nil || tr.inc.State != store.IncidentVerifying {
 		return
 	}
-	// No result at all since the task finished (the agent is cut off, or
-	// its results are held up): that is no evidence of failure. Wait
-	// longer rather than act again on a host that may be fine.
-	if now := m.cfg.Now(); tr.lastResult.Before(now.Add(-within)) && tr.verifyWaits < maxVerifyWaits {
+	// No result at all in the wait (the agent is cut off, or its results
+	// are held up): that is no evidence of failure. Wait longer rather than
+	// act again on a host that may be fine. The wait is measured from when
+	// it began, not from when the timer came: a result that came right
+	// after the task finished counts however late the timer is.
+	if tr.lastResult.Before(due.Add(-within)) && tr.verifyWaits < maxVerifyWaits {
 		tr.verifyWaits++
 		m.event(tr, store.Event{Kind: "verifying", Message: fmt.Sprintf("no result of %s from the agent in the last %s: waiting %s more (%d of %d)",
 			pol, within, within, tr.verifyWaits, maxVerifyWaits)}, "")
-		m.after(tr, now.Add(within), func() { m.notVerified(tr, pol, within) })
+		next := m.cfg.Now().Add(within)
+		m.after(tr, next, func() { m.notVerified(tr, pol, within, next) })
 		return
 	}
 	why := fmt.Sprintf("not verified: %s did not pass within %s of the task", pol, within)
@@ -388,7 +431,7 @@ func (m *Manager) resolve(tr *track, why string) {
 	m.dropApproval(tr, "not needed: the incident was resolved")
 	tr.state.ResetAfterVerifiedRecovery()
 	tr.resolved = now
-	tr.inc = nil
+	m.setInc(tr, nil)
 	m.releaseTask(tr)
 	tr.passes = 0
 }
@@ -410,7 +453,7 @@ func (m *Manager) releaseSlot(tr *track) {
 // wakeWaiting gives incidents of the policy that wait for a free slot
 // (max_concurrent) a new chance now that a task has finished.
 func (m *Manager) wakeWaiting(pol string, except *track) {
-	for _, tr := range m.tracks {
+	for tr := range m.openTracks {
 		if tr == except || tr.key.policy != pol || tr.inc == nil || tr.task != nil || tr.inc.State != store.IncidentSuppressed {
 			continue
 		}
@@ -420,7 +463,7 @@ func (m *Manager) wakeWaiting(pol string, except *track) {
 	}
 	// A fleet-wide slot freed: incidents of other policies waiting for it.
 	if m.cfg.FleetMaxConcurrent > 0 {
-		for _, tr := range m.sortedTracks() {
+		for _, tr := range m.sortedOpen() {
 			if tr == except || tr.key.policy == pol || tr.inc == nil || tr.task != nil || tr.inc.State != store.IncidentSuppressed {
 				continue
 			}

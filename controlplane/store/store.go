@@ -383,6 +383,28 @@ type RemediationStore interface {
 	GetPolicyState(policy string) (PolicyState, error)
 	PutPolicyState(ps PolicyState) error
 	ListPolicyStates() ([]PolicyState, error)
+
+	// UpdateRemediation runs fn in one write transaction: every change fn
+	// makes through tx is stored together (one commit, one fsync), or none
+	// of them if fn returns an error, which is returned as is. So a
+	// decision of the remediation loop (its incident, its signed task with
+	// the agent's new sequence number, and their timeline events) is
+	// durable all at once. The methods of tx check and behave as the
+	// methods of the same name above, each seeing the changes made before
+	// it in the same transaction; a value one of them returns (a task's
+	// Seq) is durable only once UpdateRemediation returns nil. fn must not
+	// call the store (it would wait for itself).
+	UpdateRemediation(fn func(tx RemediationTx) error) error
+}
+
+// RemediationTx is the write transaction of UpdateRemediation.
+type RemediationTx interface {
+	CreateIncident(inc Incident) error
+	UpdateIncident(id string, fn func(*Incident) error) error
+	CreateTask(t Task, seal func(*Task) error) (Task, error)
+	SealTask(id string, seal func(*Task) error) (Task, error)
+	UpdateTask(id string, fn func(*Task) error) error
+	PutPolicyState(ps PolicyState) error
 }
 
 // Credential is a client certificate issued to an operator of the admin

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"tend.dev/tend/controlplane/store"
 )
@@ -83,8 +84,12 @@ func validTask(tk store.Task) error {
 // while the (agent, policy) has a non-terminal incident, whatever the state
 // of the new one, and when the id was used before.
 func (s *Store) CreateIncident(inc store.Incident) error {
+	return s.update(func(t txn) error { return t.createIncident(inc, s.now) })
+}
+
+func (t txn) createIncident(inc store.Incident, now func() time.Time) error {
 	if inc.OpenedAt.IsZero() {
-		inc.OpenedAt = s.now()
+		inc.OpenedAt = now()
 	}
 	if inc.UpdatedAt.IsZero() {
 		inc.UpdatedAt = inc.OpenedAt
@@ -92,16 +97,14 @@ func (s *Store) CreateIncident(inc store.Incident) error {
 	if err := validIncident(inc); err != nil {
 		return fmt.Errorf("create incident: %w", err)
 	}
-	return s.update(func(t txn) error {
-		if t.incidentExists(inc.ID) {
-			return fmt.Errorf("create incident %q: %w (incident ids are never reused)", inc.ID, store.ErrExists)
-		}
-		if open := t.openIncidentID(inc.AgentID, inc.Policy); open != "" {
-			return fmt.Errorf("create incident %q: agent %s already has open incident %s for policy %q (update it, or close it first): %w",
-				inc.ID, inc.AgentID, open, inc.Policy, store.ErrExists)
-		}
-		return t.putIncident(nil, inc)
-	})
+	if t.incidentExists(inc.ID) {
+		return fmt.Errorf("create incident %q: %w (incident ids are never reused)", inc.ID, store.ErrExists)
+	}
+	if open := t.openIncidentID(inc.AgentID, inc.Policy); open != "" {
+		return fmt.Errorf("create incident %q: agent %s already has open incident %s for policy %q (update it, or close it first): %w",
+			inc.ID, inc.AgentID, open, inc.Policy, store.ErrExists)
+	}
+	return t.putIncident(nil, inc)
 }
 
 // GetIncident implements store.RemediationStore.
@@ -142,40 +145,42 @@ func (s *Store) OpenIncident(agentID, policy string) (store.Incident, error) {
 // UpdateIncident implements store.RemediationStore. A terminal incident may
 // still change otherwise (a note on its timeline, resolved after escalated).
 func (s *Store) UpdateIncident(id string, fn func(*store.Incident) error) error {
-	return s.update(func(t txn) error {
-		old, ok, err := t.incident(id)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("update incident %q: %w", id, store.ErrNotFound)
-		}
-		// A second decode: fn gets its own copy (timeline included) and old
-		// stays as stored, for the index entries to move.
-		nu, _, err := t.incident(id)
-		if err != nil {
-			return err
-		}
-		if err := fn(&nu); err != nil {
-			return err
-		}
-		switch {
-		case nu.ID != old.ID:
-			return fmt.Errorf("update incident %q: the id cannot change (to %q)", id, nu.ID)
-		case nu.AgentID != old.AgentID:
-			return fmt.Errorf("update incident %q: the agent cannot change (from %q to %q)", id, old.AgentID, nu.AgentID)
-		case nu.Policy != old.Policy:
-			return fmt.Errorf("update incident %q: the policy cannot change (from %q to %q)", id, old.Policy, nu.Policy)
-		}
-		if err := validIncident(nu); err != nil {
-			return fmt.Errorf("update incident: %w", err)
-		}
-		if store.IncidentTerminal(old.State) && !store.IncidentTerminal(nu.State) {
-			return fmt.Errorf("update incident %q: it is %s and cannot become %s (a new trigger opens a new incident): %w",
-				id, old.State, nu.State, store.ErrTerminal)
-		}
-		return t.putIncident(&old, nu)
-	})
+	return s.update(func(t txn) error { return t.updateIncident(id, fn) })
+}
+
+func (t txn) updateIncident(id string, fn func(*store.Incident) error) error {
+	old, ok, err := t.incident(id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("update incident %q: %w", id, store.ErrNotFound)
+	}
+	// A second decode: fn gets its own copy (timeline included) and old
+	// stays as stored, for the index entries to move.
+	nu, _, err := t.incident(id)
+	if err != nil {
+		return err
+	}
+	if err := fn(&nu); err != nil {
+		return err
+	}
+	switch {
+	case nu.ID != old.ID:
+		return fmt.Errorf("update incident %q: the id cannot change (to %q)", id, nu.ID)
+	case nu.AgentID != old.AgentID:
+		return fmt.Errorf("update incident %q: the agent cannot change (from %q to %q)", id, old.AgentID, nu.AgentID)
+	case nu.Policy != old.Policy:
+		return fmt.Errorf("update incident %q: the policy cannot change (from %q to %q)", id, old.Policy, nu.Policy)
+	}
+	if err := validIncident(nu); err != nil {
+		return fmt.Errorf("update incident: %w", err)
+	}
+	if store.IncidentTerminal(old.State) && !store.IncidentTerminal(nu.State) {
+		return fmt.Errorf("update incident %q: it is %s and cannot become %s (a new trigger opens a new incident): %w",
+			id, old.State, nu.State, store.ErrTerminal)
+	}
+	return t.putIncident(&old, nu)
 }
 
 // ListIncidents implements store.RemediationStore: newest OpenedAt first,
@@ -250,39 +255,50 @@ func (s *Store) ListIncidents(f store.IncidentFilter) ([]store.Incident, error) 
 // set, and seal may not change ID, AgentID, IncidentID or Seq. A nil seal is
 // refused: every task is signed.
 func (s *Store) CreateTask(tk store.Task, seal func(*store.Task) error) (store.Task, error) {
+	var out store.Task
+	err := s.update(func(t txn) (err error) {
+		out, err = t.createTask(tk, seal, s.now)
+		return err
+	})
+	if err != nil {
+		return store.Task{}, err
+	}
+	return out, nil
+}
+
+func (t txn) createTask(tk store.Task, seal func(*store.Task) error, now func() time.Time) (store.Task, error) {
 	awaiting := tk.State == store.TaskAwaitingApproval
 	if seal == nil && !awaiting {
 		return store.Task{}, fmt.Errorf("create task %q: no seal function", tk.ID)
 	}
 	if tk.CreatedAt.IsZero() {
-		tk.CreatedAt = s.now()
+		tk.CreatedAt = now()
 	}
 	tk.Seq = 0
 	if err := validTask(tk); err != nil {
 		return store.Task{}, fmt.Errorf("create task: %w", err)
 	}
-	err := s.update(func(t txn) error {
-		if t.taskExists(tk.ID) {
-			return fmt.Errorf("create task %q: %w (task ids are never reused)", tk.ID, store.ErrExists)
-		}
-		inc, ok, err := t.incident(tk.IncidentID)
-		if err != nil {
-			return err
-		}
-		switch {
-		case !ok:
-			return fmt.Errorf("create task %q: incident %q: %w", tk.ID, tk.IncidentID, store.ErrNotFound)
-		case inc.AgentID != tk.AgentID:
-			return fmt.Errorf("create task %q: it is for agent %s but incident %s is of agent %s", tk.ID, tk.AgentID, inc.ID, inc.AgentID)
-		case store.IncidentTerminal(inc.State):
-			return fmt.Errorf("create task %q: incident %s is %s: %w", tk.ID, inc.ID, inc.State, store.ErrTerminal)
-		}
-		if awaiting {
-			tk.Envelope = nil
-			return t.putTask(nil, tk)
-		}
-		return t.sealTask(nil, &tk, seal, "create task")
-	})
+	if t.taskExists(tk.ID) {
+		return store.Task{}, fmt.Errorf("create task %q: %w (task ids are never reused)", tk.ID, store.ErrExists)
+	}
+	inc, ok, err := t.incident(tk.IncidentID)
+	if err != nil {
+		return store.Task{}, err
+	}
+	switch {
+	case !ok:
+		return store.Task{}, fmt.Errorf("create task %q: incident %q: %w", tk.ID, tk.IncidentID, store.ErrNotFound)
+	case inc.AgentID != tk.AgentID:
+		return store.Task{}, fmt.Errorf("create task %q: it is for agent %s but incident %s is of agent %s", tk.ID, tk.AgentID, inc.ID, inc.AgentID)
+	case store.IncidentTerminal(inc.State):
+		return store.Task{}, fmt.Errorf("create task %q: incident %s is %s: %w", tk.ID, inc.ID, inc.State, store.ErrTerminal)
+	}
+	if awaiting {
+		tk.Envelope = nil
+		err = t.putTask(nil, tk)
+	} else {
+		err = t.sealTask(nil, &tk, seal, "create task")
+	}
 	if err != nil {
 		return store.Task{}, err
 	}
@@ -321,35 +337,80 @@ func (t txn) sealTask(old *store.Task, tk *store.Task, seal func(*store.Task) er
 
 // SealTask implements store.RemediationStore.
 func (s *Store) SealTask(id string, seal func(*store.Task) error) (store.Task, error) {
-	if seal == nil {
-		return store.Task{}, fmt.Errorf("seal task %q: no seal function", id)
-	}
 	var tk store.Task
-	err := s.update(func(t txn) error {
-		old, ok, err := t.task(id)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("seal task %q: %w", id, store.ErrNotFound)
-		}
-		if old.State != store.TaskAwaitingApproval {
-			return fmt.Errorf("seal task %q: it is %s, not %s: %w", id, old.State, store.TaskAwaitingApproval, store.ErrState)
-		}
-		inc, ok, err := t.incident(old.IncidentID)
-		if err != nil {
-			return err
-		}
-		if !ok || store.IncidentTerminal(inc.State) {
-			return fmt.Errorf("seal task %q: its incident %s is closed: %w", id, old.IncidentID, store.ErrTerminal)
-		}
-		tk = old
-		return t.sealTask(&old, &tk, seal, "seal task")
+	err := s.update(func(t txn) (err error) {
+		tk, err = t.sealTaskByID(id, seal)
+		return err
 	})
 	if err != nil {
 		return store.Task{}, err
 	}
 	return tk, nil
+}
+
+func (t txn) sealTaskByID(id string, seal func(*store.Task) error) (store.Task, error) {
+	if seal == nil {
+		return store.Task{}, fmt.Errorf("seal task %q: no seal function", id)
+	}
+	old, ok, err := t.task(id)
+	if err != nil {
+		return store.Task{}, err
+	}
+	if !ok {
+		return store.Task{}, fmt.Errorf("seal task %q: %w", id, store.ErrNotFound)
+	}
+	if old.State != store.TaskAwaitingApproval {
+		return store.Task{}, fmt.Errorf("seal task %q: it is %s, not %s: %w", id, old.State, store.TaskAwaitingApproval, store.ErrState)
+	}
+	inc, ok, err := t.incident(old.IncidentID)
+	if err != nil {
+		return store.Task{}, err
+	}
+	if !ok || store.IncidentTerminal(inc.State) {
+		return store.Task{}, fmt.Errorf("seal task %q: its incident %s is closed: %w", id, old.IncidentID, store.ErrTerminal)
+	}
+	tk := old
+	if err := t.sealTask(&old, &tk, seal, "seal task"); err != nil {
+		return store.Task{}, err
+	}
+	return tk, nil
+}
+
+// UpdateRemediation implements store.RemediationStore.
+func (s *Store) UpdateRemediation(fn func(tx store.RemediationTx) error) error {
+	return s.update(func(t txn) error { return fn(remediationTx{t: t, now: s.now}) })
+}
+
+// remediationTx is store.RemediationTx on one bbolt write transaction: the
+// same checks as the Store's methods, which run each in a transaction of
+// its own.
+type remediationTx struct {
+	t   txn
+	now func() time.Time
+}
+
+func (x remediationTx) CreateIncident(inc store.Incident) error {
+	return x.t.createIncident(inc, x.now)
+}
+
+func (x remediationTx) UpdateIncident(id string, fn func(*store.Incident) error) error {
+	return x.t.updateIncident(id, fn)
+}
+
+func (x remediationTx) CreateTask(tk store.Task, seal func(*store.Task) error) (store.Task, error) {
+	return x.t.createTask(tk, seal, x.now)
+}
+
+func (x remediationTx) SealTask(id string, seal func(*store.Task) error) (store.Task, error) {
+	return x.t.sealTaskByID(id, seal)
+}
+
+func (x remediationTx) UpdateTask(id string, fn func(*store.Task) error) error {
+	return x.t.updateTask(id, fn)
+}
+
+func (x remediationTx) PutPolicyState(ps store.PolicyState) error {
+	return x.t.putPolicyState(ps)
 }
 
 // GetPolicyState implements store.RemediationStore.
@@ -369,6 +430,10 @@ func (s *Store) GetPolicyState(policy string) (store.PolicyState, error) {
 
 // PutPolicyState implements store.RemediationStore.
 func (s *Store) PutPolicyState(ps store.PolicyState) error {
+	return s.update(func(t txn) error { return t.putPolicyState(ps) })
+}
+
+func (t txn) putPolicyState(ps store.PolicyState) error {
 	if err := validKeyPart("policy", ps.Policy); err != nil {
 		return fmt.Errorf("put policy state: %w", err)
 	}
@@ -376,9 +441,7 @@ func (s *Store) PutPolicyState(ps store.PolicyState) error {
 	if err != nil {
 		return err
 	}
-	return s.update(func(t txn) error {
-		return t.bucket(bucketPolicyState).Put([]byte(ps.Policy), b)
-	})
+	return t.bucket(bucketPolicyState).Put([]byte(ps.Policy), b)
 }
 
 // ListPolicyStates implements store.RemediationStore, by policy name.
@@ -416,39 +479,41 @@ func (s *Store) GetTask(id string) (store.Task, error) {
 // another terminal state (an agent's late report of success after the
 // control plane gave up on it as expired) and change otherwise.
 func (s *Store) UpdateTask(id string, fn func(*store.Task) error) error {
-	return s.update(func(t txn) error {
-		old, ok, err := t.task(id)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("update task %q: %w", id, store.ErrNotFound)
-		}
-		nu, _, err := t.task(id)
-		if err != nil {
-			return err
-		}
-		if err := fn(&nu); err != nil {
-			return err
-		}
-		switch {
-		case nu.ID != old.ID:
-			return fmt.Errorf("update task %q: the id cannot change (to %q)", id, nu.ID)
-		case nu.AgentID != old.AgentID:
-			return fmt.Errorf("update task %q: the agent cannot change (from %q to %q)", id, old.AgentID, nu.AgentID)
-		case nu.IncidentID != old.IncidentID:
-			return fmt.Errorf("update task %q: the incident cannot change (from %q to %q)", id, old.IncidentID, nu.IncidentID)
-		case nu.Seq != old.Seq:
-			return fmt.Errorf("update task %q: the seq cannot change (from %d to %d)", id, old.Seq, nu.Seq)
-		}
-		if err := validTask(nu); err != nil {
-			return fmt.Errorf("update task: %w", err)
-		}
-		if store.TaskTerminal(old.State) && !store.TaskTerminal(nu.State) {
-			return fmt.Errorf("update task %q: it is %s and cannot become %s: %w", id, old.State, nu.State, store.ErrTerminal)
-		}
-		return t.putTask(&old, nu)
-	})
+	return s.update(func(t txn) error { return t.updateTask(id, fn) })
+}
+
+func (t txn) updateTask(id string, fn func(*store.Task) error) error {
+	old, ok, err := t.task(id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("update task %q: %w", id, store.ErrNotFound)
+	}
+	nu, _, err := t.task(id)
+	if err != nil {
+		return err
+	}
+	if err := fn(&nu); err != nil {
+		return err
+	}
+	switch {
+	case nu.ID != old.ID:
+		return fmt.Errorf("update task %q: the id cannot change (to %q)", id, nu.ID)
+	case nu.AgentID != old.AgentID:
+		return fmt.Errorf("update task %q: the agent cannot change (from %q to %q)", id, old.AgentID, nu.AgentID)
+	case nu.IncidentID != old.IncidentID:
+		return fmt.Errorf("update task %q: the incident cannot change (from %q to %q)", id, old.IncidentID, nu.IncidentID)
+	case nu.Seq != old.Seq:
+		return fmt.Errorf("update task %q: the seq cannot change (from %d to %d)", id, old.Seq, nu.Seq)
+	}
+	if err := validTask(nu); err != nil {
+		return fmt.Errorf("update task: %w", err)
+	}
+	if store.TaskTerminal(old.State) && !store.TaskTerminal(nu.State) {
+		return fmt.Errorf("update task %q: it is %s and cannot become %s: %w", id, old.State, nu.State, store.ErrTerminal)
+	}
+	return t.putTask(&old, nu)
 }
 
 // ListTasks implements store.RemediationStore: newest CreatedAt first, then

@@ -890,3 +890,83 @@ func TestPolicyState(t *testing.T) {
 	require.Len(t, all, 2)
 	require.Equal(t, "disk", all[0].Policy)
 }
+
+// One decision of the remediation loop is one transaction: the incident,
+// its signed task and their events are stored together, each write seeing
+// the ones before it, or none of them.
+func TestUpdateRemediationIsOneTransaction(t *testing.T) {
+	s := testStore(t, Options{NoSync: true})
+	enroll(t, s, "a1", "web-1")
+
+	var stored store.Task
+	require.NoError(t, s.UpdateRemediation(func(tx store.RemediationTx) error {
+		if err := tx.CreateIncident(incident("inc-1", "a1", "web", t0)); err != nil {
+			return err
+		}
+		var err error
+		stored, err = tx.CreateTask(task("task-1", "inc-1", "a1", t0), seal)
+		if err != nil {
+			return err
+		}
+		if err := tx.UpdateIncident("inc-1", func(inc *store.Incident) error {
+			inc.State = store.IncidentRemediating
+			inc.Timeline = append(inc.Timeline, store.Event{At: t0, Kind: "decided", TaskID: stored.ID})
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := tx.UpdateTask("task-1", setTaskState(store.TaskSent)); err != nil {
+			return err
+		}
+		return tx.PutPolicyState(store.PolicyState{Policy: "web", Failures: []time.Time{t0}})
+	}))
+	require.Equal(t, uint64(1), stored.Seq)
+	inc, err := s.GetIncident("inc-1")
+	require.NoError(t, err)
+	require.Equal(t, store.IncidentRemediating, inc.State)
+	require.Equal(t, []string{"triggered", ""}, []string{inc.Timeline[0].Message, inc.Timeline[1].Message})
+	got, err := s.GetTask("task-1")
+	require.NoError(t, err)
+	require.Equal(t, store.TaskSent, got.State)
+	require.Equal(t, "signed task-1 seq 1", string(got.Envelope))
+	ps, err := s.GetPolicyState("web")
+	require.NoError(t, err)
+	require.Len(t, ps.Failures, 1)
+
+	// An error anywhere stores nothing: no incident, no task, no seq used.
+	boom := errors.New("boom")
+	err = s.UpdateRemediation(func(tx store.RemediationTx) error {
+		require.NoError(t, tx.UpdateIncident("inc-1", setIncidentState(store.IncidentResolved)))
+		require.NoError(t, tx.CreateIncident(incident("inc-2", "a1", "disk", t0)))
+		_, err := tx.CreateTask(task("task-2", "inc-2", "a1", t0), seal)
+		require.NoError(t, err)
+		return boom
+	})
+	require.ErrorIs(t, err, boom)
+	inc, err = s.GetIncident("inc-1")
+	require.NoError(t, err)
+	require.Equal(t, store.IncidentRemediating, inc.State)
+	_, err = s.GetIncident("inc-2")
+	require.ErrorIs(t, err, store.ErrNotFound)
+	_, err = s.GetTask("task-2")
+	require.ErrorIs(t, err, store.ErrNotFound)
+	seq, err := s.TaskSeq("a1")
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), seq)
+
+	// The transaction's methods check as the store's do.
+	err = s.UpdateRemediation(func(tx store.RemediationTx) error {
+		return tx.CreateIncident(incident("inc-3", "a1", "web", t0))
+	})
+	require.ErrorIs(t, err, store.ErrExists)
+	err = s.UpdateRemediation(func(tx store.RemediationTx) error {
+		_, err := tx.SealTask("task-1", seal)
+		return err
+	})
+	require.ErrorIs(t, err, store.ErrState)
+	err = s.UpdateRemediation(func(tx store.RemediationTx) error {
+		return tx.UpdateTask("task-1", func(tk *store.Task) error { tk.Seq = 7; return nil })
+	})
+	require.ErrorContains(t, err, "seq cannot change")
+	require.NoError(t, s.Verify())
+}
