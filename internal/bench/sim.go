@@ -513,7 +513,8 @@ func (a *simAgent) jitter(d time.Duration) time.Duration {
 type connectStream = grpc.BidiStreamingClient[agentv1.ConnectRequest, agentv1.ConnectResponse]
 
 // sendLoop is the session's only sender: results as their checks come due,
-// task updates, heartbeats. It returns when the session ends, true if the
+// task updates, heartbeats (only after an interval with nothing else
+// sent, as tend-agent). It returns when the session ends, true if the
 // receiver's error was consumed.
 func (a *simAgent) sendLoop(ctx context.Context, st connectStream, recvErr chan error, hb time.Duration) bool {
 	hbTimer := time.NewTimer(a.jitter(hb))
@@ -545,6 +546,11 @@ func (a *simAgent) sendLoop(ctx context.Context, st connectStream, recvErr chan 
 			}
 			a.s.c.BatchesSent.Add(1)
 			a.s.c.Sent.Add(uint64(len(b.GetResults().GetResults())))
+		}
+		// As tend-agent: a heartbeat only after an interval with nothing
+		// else sent (the control plane takes any message as liveness).
+		if len(ups)+len(batches) > 0 {
+			hbTimer.Reset(a.jitter(hb))
 		}
 		if !next.IsZero() {
 			due.Reset(max(time.Until(next), time.Millisecond))
