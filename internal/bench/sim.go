@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -48,6 +49,9 @@ type Counters struct {
 	Unremediated     atomic.Uint64 // failure episodes given up without a task
 
 	AckedOnWelcome atomic.Uint64 // results found durable by a Welcome (their ack was lost)
+
+	FullHandshakes atomic.Uint64 // TLS handshakes that did not resume a session
+	Resumed        atomic.Uint64 // TLS handshakes that resumed one
 
 	Connects    atomic.Uint64 // sessions that got a Welcome
 	Drops       atomic.Uint64 // sessions that ended unexpectedly
@@ -409,9 +413,18 @@ func (a *simAgent) dial() (*grpc.ClientConn, error) {
 			return errors.Join(err, serr)
 		},
 	}
+	tlsConf := s.fleet.TLSConfig(a.id, s.server)
+	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+		if cs.DidResume {
+			s.c.Resumed.Add(1)
+		} else {
+			s.c.FullHandshakes.Add(1)
+		}
+		return nil
+	}
 	return grpc.NewClient("passthrough:///"+s.server,
 		append(stream.DialOptions(),
-			grpc.WithTransportCredentials(credentials.NewTLS(s.fleet.TLSConfig(a.id, s.server))),
+			grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 				return d.DialContext(ctx, "tcp", addr)
 			}),
