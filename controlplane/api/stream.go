@@ -112,6 +112,7 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 		var rs *readerState
 		select {
 		case rs = <-start:
+			rs.sess.Release() // the setup's Hold
 		case <-ctx.Done():
 			return
 		}
@@ -147,6 +148,9 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	sess := fleet.NewSession(ctx, id.ID, sessionQueueSize)
 	w := &writer{sess: sess, stream: stream}
 	sess.SetNotify(w.kick)
+	// Until the reader starts, the agent's messages after Hello wait for
+	// this setup: held, as a message being handled is.
+	sess.Hold()
 	agent, err := h.Fleet.Attach(id.ID, sess, hello, h.Now())
 	if err != nil {
 		return toStatus(err)

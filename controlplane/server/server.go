@@ -255,7 +255,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	auth := &api.Authorizer{AgentAllowed: s.fleet.Allowed, CredentialAllowed: creds.Allowed}
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.Creds(newLimitedCreds(credentials.NewTLS(tlsConf), maxHandshakes())),
 		grpc.ChainUnaryInterceptor(rec.Unary, auth.Unary, probeUnary(cfg.HandlerProbe)),
 		grpc.ChainStreamInterceptor(rec.Stream, auth.Stream, probeStream(cfg.HandlerProbe)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -169,4 +171,48 @@ func TestTicketKeysRotateAndExpire(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, TicketKeysFile), b, 0o600))
 	_, err = openTicketKeys(dir, base, t0)
 	require.ErrorContains(t, err, "32-byte key")
+}
+
+// handshakeProbe counts the server handshakes in progress.
+type handshakeProbe struct {
+	credentials.TransportCredentials
+	mu        sync.Mutex
+	now, most int
+	release   chan struct{}
+}
+
+func (p *handshakeProbe) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	p.mu.Lock()
+	p.now++
+	p.most = max(p.most, p.now)
+	p.mu.Unlock()
+	<-p.release
+	p.mu.Lock()
+	p.now--
+	p.mu.Unlock()
+	return conn, nil, nil
+}
+
+// At most the bound of handshakes run at once; the others wait and all
+// complete.
+func TestHandshakesAreBounded(t *testing.T) {
+	probe := &handshakeProbe{release: make(chan struct{})}
+	c := newLimitedCreds(probe, 3).Clone()
+	var wg sync.WaitGroup
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, err := c.ServerHandshake(nil)
+			require.NoError(t, err)
+		}()
+	}
+	require.Eventually(t, func() bool {
+		probe.mu.Lock()
+		defer probe.mu.Unlock()
+		return probe.now == 3
+	}, 5*time.Second, time.Millisecond)
+	close(probe.release)
+	wg.Wait()
+	require.Equal(t, 3, probe.most)
 }
