@@ -193,6 +193,8 @@ func (p *handshakeProbe) ServerHandshake(conn net.Conn) (net.Conn, credentials.A
 	return conn, nil, nil
 }
 
+func (p *handshakeProbe) Clone() credentials.TransportCredentials { return p }
+
 // At most the bound of handshakes run at once; the others wait and all
 // complete.
 func TestHandshakesAreBounded(t *testing.T) {
