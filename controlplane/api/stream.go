@@ -152,6 +152,9 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	// this setup: held, as a message being handled is.
 	sess.Hold()
 	agent, err := h.Fleet.Attach(id.ID, sess, hello, h.Now())
+	if errors.Is(err, fleet.ErrStopping) {
+		return status.Error(codes.Unavailable, err.Error())
+	}
 	if err != nil {
 		return toStatus(err)
 	}

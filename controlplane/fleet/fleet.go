@@ -57,6 +57,9 @@ type Config struct {
 	OnChange func(a store.Agent)
 }
 
+// ErrStopping is returned by Attach once Stop was called.
+var ErrStopping = errors.New("control plane shutting down: reconnect shortly")
+
 // ErrRevoked is returned when a revoked agent tries to attach.
 var ErrRevoked = errors.New("this agent was revoked ('tendctl delete agent'): to bring the host back, stop tend-agent, remove DATA_DIR/agent.pem and start it once with a new --token")
 
@@ -320,6 +323,12 @@ func (r *Registry) Counts() map[string]int {
 // older one, records the metadata from Hello and marks it connected.
 func (r *Registry) Attach(id string, s *Session, hello *agentv1.Hello, now time.Time) (store.Agent, error) {
 	r.mu.Lock()
+	if r.closed {
+		// Stop closed the sessions it knew of; one attached now would be
+		// left open and hold up the server's shutdown.
+		r.mu.Unlock()
+		return store.Agent{}, ErrStopping
+	}
 	e, ok := r.agents[id]
 	if !ok {
 		r.mu.Unlock()

@@ -310,3 +310,14 @@ func TestHeldMessagesKeepAgentAlive(t *testing.T) {
 	require.Equal(t, store.StatusDown, status(r, "a1"))
 	require.GreaterOrEqual(t, time.Since(released), 150*time.Millisecond, "a full TTL plus grace after the last release")
 }
+
+// A stream set up while the control plane stops is refused: Stop closed the
+// sessions it knew of, and a later one would hold up the shutdown.
+func TestAttachAfterStopIsRefused(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, time.Minute, time.Second)
+	enroll(t, st, r, "a1", "web-1")
+	r.Stop()
+	_, err := r.Attach("a1", NewSession(context.Background(), "a1", 4), &agentv1.Hello{}, time.Now())
+	require.ErrorIs(t, err, ErrStopping)
+}
