@@ -109,6 +109,7 @@ type Server struct {
 	httpLis  net.Listener
 	reg      *prometheus.Registry
 	tickets  *ticketKeys
+	creds    *limitedCreds
 	wg       sync.WaitGroup
 }
 
@@ -253,9 +254,10 @@ func New(cfg Config) (*Server, error) {
 		cleanup()
 		return nil, err
 	}
+	s.creds = newLimitedCreds(credentials.NewTLS(tlsConf), maxHandshakes())
 	auth := &api.Authorizer{AgentAllowed: s.fleet.Allowed, CredentialAllowed: creds.Allowed}
 	s.grpc = grpc.NewServer(
-		grpc.Creds(newLimitedCreds(credentials.NewTLS(tlsConf), maxHandshakes())),
+		grpc.Creds(s.creds),
 		grpc.ChainUnaryInterceptor(rec.Unary, auth.Unary, probeUnary(cfg.HandlerProbe)),
 		grpc.ChainStreamInterceptor(rec.Stream, auth.Stream, probeStream(cfg.HandlerProbe)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
@@ -460,8 +462,10 @@ const shutdownGrace = 2 * time.Second
 func (s *Server) shutdown() {
 	s.log.Info("control plane stopping")
 	start := time.Now()
-	// Close agent sessions first so that streams end promptly.
+	// Close agent sessions first so that streams end promptly, and refuse
+	// the connections still waiting for a TLS handshake.
 	s.fleet.Stop()
+	s.creds.stop()
 	// Stopping gRPC and committing what the ingest has queued go on at the
 	// same time: neither needs the other (batches submitted from now on
 	// are refused and never acknowledged; the agents send them again).

@@ -217,4 +217,20 @@ func TestHandshakesAreBounded(t *testing.T) {
 	close(probe.release)
 	wg.Wait()
 	require.Equal(t, 3, probe.most)
+
+	// Once stopping, a handshake waiting for its turn fails at once.
+	probe2 := &handshakeProbe{release: make(chan struct{})}
+	lc := newLimitedCreds(probe2, 1)
+	go func() { _, _, _ = lc.ServerHandshake(nil) }() // takes the one slot
+	require.Eventually(t, func() bool {
+		probe2.mu.Lock()
+		defer probe2.mu.Unlock()
+		return probe2.now == 1
+	}, 5*time.Second, time.Millisecond)
+	lc.stop()
+	a, b := net.Pipe()
+	defer b.Close()
+	_, _, err := lc.Clone().ServerHandshake(a)
+	require.ErrorIs(t, err, errStopping)
+	close(probe2.release)
 }
