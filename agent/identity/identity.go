@@ -57,7 +57,15 @@ type Identity struct {
 	leaf   *x509.Certificate
 	pool   *x509.CertPool
 	meta   meta
+	// sessions holds the TLS session tickets of the current certificate
+	// (a renewal starts a new cache: a resumed session carries the
+	// certificate of its full handshake).
+	sessions tls.ClientSessionCache
 }
+
+// sessionCacheSize: tickets kept per certificate (the control plane sends
+// two per full handshake; one control-plane address).
+const sessionCacheSize = 8
 
 // Load reads the identity from dir; ErrNotEnrolled if there is none.
 func Load(dir string) (*Identity, error) {
@@ -112,6 +120,7 @@ func (id *Identity) setCert(c *tls.Certificate) error {
 	c.Leaf = leaf
 	id.mu.Lock()
 	id.cert, id.leaf = c, leaf
+	id.sessions = tls.NewLRUClientSessionCache(sessionCacheSize)
 	id.mu.Unlock()
 	return nil
 }
@@ -208,7 +217,8 @@ func ServerName(server string) string {
 }
 
 // TLSConfig is the mTLS client config; it always presents the newest
-// certificate, so a renewal applies to the next connection.
+// certificate, so a renewal applies to the next connection. It resumes TLS
+// sessions of the current certificate.
 func (id *Identity) TLSConfig(server string) *tls.Config {
 	id.mu.RLock()
 	pool := id.pool
@@ -222,8 +232,26 @@ func (id *Identity) TLSConfig(server string) *tls.Config {
 			defer id.mu.RUnlock()
 			return id.cert, nil
 		},
+		// TLS 1.3 session resumption: a reconnection (after a network
+		// blip or a control-plane restart) skips the signatures of a full
+		// handshake.
+		ClientSessionCache: certSessions{id},
 	}
 }
+
+// certSessions is the session cache of the identity's current
+// certificate.
+type certSessions struct{ id *Identity }
+
+func (c certSessions) cache() tls.ClientSessionCache {
+	c.id.mu.RLock()
+	defer c.id.mu.RUnlock()
+	return c.id.sessions
+}
+
+func (c certSessions) Get(key string) (*tls.ClientSessionState, bool) { return c.cache().Get(key) }
+
+func (c certSessions) Put(key string, cs *tls.ClientSessionState) { c.cache().Put(key, cs) }
 
 func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -492,3 +492,25 @@ func TestLingerSkipsResultsFromBeforeTheSession(t *testing.T) {
 	cp.set(func(f *fakeCP) { f.refuse = false })
 	require.Eventually(t, func() bool { return cp.seenAll(3) }, waitFor, tick, "a backlog is sent at once on connect")
 }
+
+// A heartbeat goes only when nothing else was sent for an interval: while
+// results flow more often than that, none is sent; once they stop,
+// heartbeats resume.
+func TestHeartbeatSkippedWhileResultsFlow(t *testing.T) {
+	cp := newFakeCP(t)
+	cp.set(func(f *fakeCP) { f.hbInterval = 400 * time.Millisecond })
+	h := start(t, cp, func(c *Config) { c.Linger = 0 })
+	require.Eventually(t, func() bool { return h.c.Stats().Connects >= 1 }, waitFor, tick)
+	before := h.c.Stats().HeartbeatsSent
+	// 60 results, one every 25 ms: 1.5 s, nearly four heartbeat intervals.
+	for i := 0; i < 60; i++ {
+		h.appendN(t, 1)
+		time.Sleep(25 * time.Millisecond)
+	}
+	during := h.c.Stats().HeartbeatsSent - before
+	// One may have been due before the first result went (the timer
+	// started at Welcome); none after, unless the machine stalled for a
+	// whole interval.
+	require.LessOrEqual(t, during, uint64(1), "heartbeats sent while results flowed")
+	require.Eventually(t, func() bool { return h.c.Stats().HeartbeatsSent >= before+during+2 }, waitFor, tick, "heartbeats resume when idle")
+}

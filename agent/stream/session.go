@@ -176,7 +176,14 @@ func recvError(err error) error {
 }
 
 // sendLoop is the only goroutine that sends on the stream after Welcome.
-func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window, recvErr <-chan error, hb time.Duration) error {
+//
+// It sends a heartbeat only when it has sent nothing else for a heartbeat
+// interval: the control plane takes any message as a sign of life
+// (controlplane/fleet), and a connection that died is found by gRPC's
+// keepalive. A heartbeat that reports changed signing keys is not skipped.
+func (c *Client) sendLoop(ctx context.Context, raw connectStream, win *window, recvErr <-chan error, hb time.Duration) error {
+	stream := &countingStream{connectStream: raw}
+	var sends uint64                                // stream.sent when hbTimer was last reset
 	var lastSent uint64                             // every session starts from the first unacked result
 	tasks := &taskSends{at: map[uint64]time.Time{}} // ... and from the first unacked task update
 	autoSent := map[string]bool{}                   // run reports sent on this session
@@ -210,6 +217,12 @@ func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window
 			lingerTimer.Reset(wait)
 		} else {
 			lingerTimer.Stop()
+		}
+		if stream.sent != sends {
+			sends = stream.sent
+			if !c.keysChanged.Load() {
+				resetTimer(hbTimer, c.jitter(hb))
+			}
 		}
 		if id, sentAt, ok := win.oldest(); ok && time.Since(sentAt) > c.cfg.AckTimeout {
 			return fmt.Errorf("no ack for batch %d within %s", id, c.cfg.AckTimeout)
@@ -246,9 +259,31 @@ func (c *Client) sendLoop(ctx context.Context, stream connectStream, win *window
 				return fmt.Errorf("send heartbeat: %w", err)
 			}
 			c.heartbeatsSent.Add(1)
+			sends = stream.sent
 			hbTimer.Reset(c.jitter(hb))
 		}
 	}
+}
+
+// countingStream counts the messages sent, for the heartbeat timer. Only
+// the send loop sends, so the count needs no lock.
+type countingStream struct {
+	connectStream
+	sent uint64
+}
+
+func (s *countingStream) Send(m *agentv1.ConnectRequest) error {
+	err := s.connectStream.Send(m)
+	if err == nil {
+		s.sent++
+	}
+	return err
+}
+
+// resetTimer resets a timer that may have fired without being drained.
+func resetTimer(t *time.Timer, d time.Duration) {
+	t.Stop()
+	t.Reset(d)
 }
 
 // jitter spreads d by ±10%.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -28,13 +29,16 @@ import (
 
 // Limits on what an agent may send.
 const (
-	MaxBatchResults  = 5000
-	MaxCheckIDLen    = 256
-	MaxOutputLen     = 4096
-	MaxMetrics       = 64
-	maxInFlightAcks  = 32
-	helloTimeout     = 10 * time.Second
-	sessionQueueSize = 256
+	MaxBatchResults = 5000
+	MaxCheckIDLen   = 256
+	MaxOutputLen    = 4096
+	MaxMetrics      = 64
+	maxInFlightAcks = 32
+	helloTimeout    = 10 * time.Second
+	// sessionQueueSize bounds the messages queued for one agent: acks (at
+	// most maxInFlightAcks batches in flight), heartbeat acks, tasks and
+	// pushes; the writer drains it as fast as the connection allows.
+	sessionQueueSize = 64
 )
 
 // Stream implements tend.agent.v1.AgentService.
@@ -79,24 +83,48 @@ type recvResult struct {
 	err error
 }
 
-// Connect runs one agent's stream.
+// Connect runs one agent's stream on two goroutines: the handler, which
+// waits for the stream to end (it must be free to return, which is how a
+// stream is ended from this side), and one reader, which reads Hello and
+// then every message. Messages to the agent are written by a writer that
+// runs only while the session's queue has something in it (writer), so an
+// idle stream costs no third goroutine (docs/BENCHMARKS.md, T2).
 func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx := stream.Context()
 	id, ok := IdentityFrom(ctx)
 	if !ok {
 		return status.Error(codes.Unauthenticated, "no identity")
 	}
-	log := h.Log.With("agent_id", id.ID)
 
-	// The first message must be Hello.
+	// The reader reads Hello first, hands it over, and goes on reading
+	// once the session is set up (start), or stops if the stream ended.
 	first := make(chan recvResult, 1)
-	go func() {
+	start := make(chan *readerState, 1)
+	readErr := make(chan error, 1)
+	// The reader handles every message the agent sends (hostile input): a
+	// panic there ends this stream with Internal, not the control plane.
+	recoverGo(h.Log, agentv1.AgentService_Connect_FullMethodName, readErr, func() {
 		m, err := stream.Recv()
 		first <- recvResult{m, err}
-	}()
+		if err != nil {
+			return
+		}
+		var rs *readerState
+		select {
+		case rs = <-start:
+			rs.sess.Release() // the setup's Hold
+		case <-ctx.Done():
+			return
+		}
+		readErr <- h.read(stream, rs)
+	})
+
+	// The first message must be Hello.
 	var hello *agentv1.Hello
+	helloTimer := time.NewTimer(helloTimeout)
 	select {
 	case r := <-first:
+		helloTimer.Stop()
 		if r.err != nil {
 			return r.err
 		}
@@ -104,9 +132,13 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 		if hello == nil {
 			return status.Error(codes.InvalidArgument, "the first message on the agent stream must be hello")
 		}
-	case <-time.After(helloTimeout):
+	case err := <-readErr: // a panic
+		helloTimer.Stop()
+		return err
+	case <-helloTimer.C:
 		return status.Error(codes.DeadlineExceeded, "no hello within 10s")
 	case <-ctx.Done():
+		helloTimer.Stop()
 		return ctx.Err()
 	}
 	if err := ValidateHello(hello); err != nil {
@@ -114,7 +146,15 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}
 
 	sess := fleet.NewSession(ctx, id.ID, sessionQueueSize)
+	w := &writer{sess: sess, stream: stream}
+	sess.SetNotify(w.kick)
+	// Until the reader starts, the agent's messages after Hello wait for
+	// this setup: held, as a message being handled is.
+	sess.Hold()
 	agent, err := h.Fleet.Attach(id.ID, sess, hello, h.Now())
+	if errors.Is(err, fleet.ErrStopping) {
+		return status.Error(codes.Unavailable, err.Error())
+	}
 	if err != nil {
 		return toStatus(err)
 	}
@@ -127,29 +167,13 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 		h.Streams.Inc()
 		defer h.Streams.Dec()
 	}
-	log = log.With("agent", agent.Name)
 	counters, err := h.Store.Counters(id.ID)
 	if err != nil {
 		return toStatus(err)
 	}
-	log.Info("agent connected", "version", hello.GetVersion(), "outbox_pending", hello.GetOutboxPending(), "acked_through", counters.HighWater)
-
-	// One writer: gRPC allows a single concurrent Send.
-	writeErr := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case m := <-sess.Out():
-				if err := stream.Send(m); err != nil {
-					writeErr <- err
-					sess.Close(err)
-					return
-				}
-			case <-sess.Context().Done():
-				return
-			}
-		}
-	}()
+	// Attributes on each log line rather than a logger per stream (slog's
+	// With keeps a copy per stream, for the stream's whole life).
+	h.Log.Info("agent connected", "agent_id", id.ID, "agent", agent.Name, "version", hello.GetVersion(), "outbox_pending", hello.GetOutboxPending(), "acked_through", counters.HighWater)
 
 	sess.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
 		AgentId:             id.ID,
@@ -172,47 +196,35 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 		h.Remediation.OnConnect(id.ID, hello.GetTaskSeqHighWater())
 	}
 
-	// Reader: bounded acks in flight give back-pressure to a fast agent.
-	inflight := make(chan struct{}, maxInFlightAcks)
-	// lastSeq chains batches: each must follow one that was stored.
-	lastSeq := counters.HighWater
-	// Results the agent had before this stream opened are old news: stored,
-	// but not evaluated for triggers (a check that still fails fails again
-	// in its next, fresh results).
-	backlog := hello.GetResultsThrough()
-	readErr := make(chan error, 1)
-	// The reader handles every message the agent sends (hostile input): a
-	// panic there ends this stream with Internal, not the control plane.
-	recoverGo(log, agentv1.AgentService_Connect_FullMethodName, readErr, func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				readErr <- err
-				return
-			}
-			h.Fleet.Seen(id.ID, h.Now())
-			if err := h.handle(sess, id.ID, m, inflight, &lastSeq, backlog); err != nil {
-				readErr <- err
-				return
-			}
-		}
-	})
+	start <- &readerState{
+		sess:    sess,
+		agentID: id.ID,
+		// Bounded acks in flight give back-pressure to a fast agent.
+		inflight: make(chan struct{}, maxInFlightAcks),
+		// lastSeq chains batches: each must follow one that was stored.
+		lastSeq: counters.HighWater,
+		// Results the agent had before this stream opened are old news:
+		// stored, but not evaluated for triggers (a check that still fails
+		// fails again in its next, fresh results).
+		backlog: hello.GetResultsThrough(),
+	}
 
 	select {
 	case err := <-readErr:
 		sess.Close(err)
 		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
-			log.Info("agent disconnected")
+			h.Log.Info("agent disconnected", "agent_id", id.ID, "agent", agent.Name)
 			return nil
 		}
-		log.Info("agent stream ended", "err", err)
-		return err
-	case err := <-writeErr:
-		log.Info("agent stream send failed", "err", err)
+		h.Log.Info("agent stream ended", "agent_id", id.ID, "agent", agent.Name, "err", err)
 		return err
 	case <-sess.Context().Done():
 		cause := context.Cause(sess.Context())
-		log.Info("agent stream closed by control plane", "reason", cause)
+		if werr := w.err(); werr != nil {
+			h.Log.Info("agent stream send failed", "agent_id", id.ID, "agent", agent.Name, "err", werr)
+			return werr
+		}
+		h.Log.Info("agent stream closed by control plane", "agent_id", id.ID, "agent", agent.Name, "reason", cause)
 		if errors.Is(cause, fleet.ErrRevoked) {
 			return status.Error(codes.PermissionDenied, cause.Error())
 		}
@@ -220,7 +232,101 @@ func (h *Stream) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}
 }
 
+// writer sends the session's queued messages on the stream. It runs on a
+// goroutine of its own only while the queue is not empty: kick starts it
+// (Session.SetNotify), and it exits when it finds the queue empty. gRPC
+// allows one sender at a time: running is held by the one goroutine that
+// may send.
+type writer struct {
+	sess    *fleet.Session
+	stream  agentv1.AgentService_ConnectServer
+	running atomic.Bool
+	failed  atomic.Pointer[error]
+}
+
+func (w *writer) kick() {
+	if w.running.CompareAndSwap(false, true) {
+		go w.run()
+	}
+}
+
+func (w *writer) run() {
+	out := w.sess.Out()
+	done := w.sess.Context().Done()
+	for {
+		select {
+		case <-done:
+			return // running stays set: nothing is sent any more
+		case m := <-out:
+			if err := w.stream.Send(m); err != nil {
+				w.failed.Store(&err)
+				w.sess.Close(err)
+				return
+			}
+		default:
+			w.running.Store(false)
+			// A message queued after the empty check and before the store
+			// found running set and started nobody: take it, unless its
+			// kick already started another writer.
+			if len(out) == 0 || !w.running.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}
+}
+
+func (w *writer) err() error {
+	if p := w.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// readerState is what the reader needs once the session is set up.
+type readerState struct {
+	sess     *fleet.Session
+	agentID  string
+	inflight chan struct{}
+	lastSeq  uint64
+	backlog  uint64
+}
+
+// read handles the agent's messages until the stream or the session ends.
+// Each message is held (Session.Hold) from the moment it is read until the
+// control plane is done with it (a result batch: until it is committed),
+// so that the agent is not marked down while its later messages wait
+// behind it.
+func (h *Stream) read(stream agentv1.AgentService_ConnectServer, rs *readerState) error {
+	sess := rs.sess
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if err := sess.Context().Err(); err != nil {
+			// The session was closed (revoked, replaced, shut down): the
+			// stream is ending, nothing more is handled on it.
+			return context.Cause(sess.Context())
+		}
+		h.Fleet.Seen(rs.agentID, h.Now())
+		sess.Hold()
+		err = h.handle(sess, rs.agentID, m, rs.inflight, &rs.lastSeq, rs.backlog)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// handle handles one message, which the caller holds (Session.Hold): handle
+// releases it, at once or, for a result batch handed to the ingest, once
+// it is committed.
 func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectRequest, inflight chan struct{}, lastSeq *uint64, backlog uint64) error {
+	release := true
+	defer func() {
+		if release {
+			sess.Release()
+		}
+	}()
 	switch msg := m.GetMsg().(type) {
 	case *agentv1.ConnectRequest_Heartbeat:
 		h.Fleet.NoteDropped(agentID, msg.Heartbeat.GetOutboxDroppedTotal())
@@ -246,9 +352,11 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 		results := b.GetResults()
 		after := *lastSeq
 		*lastSeq = results[len(results)-1].GetSeq()
+		release = false // held until committed
 		h.Ingest.SubmitAsync(store.ResultBatch{AgentID: agentID, Results: results, OutboxDropped: b.GetOutboxDroppedTotal(), After: after},
 			func(out store.CommitOutcome, err error) {
 				<-inflight
+				sess.Release()
 				if err != nil {
 					// Not acknowledged: the agent keeps the batch and resends.
 					h.Log.Error("commit results", "agent_id", agentID, "batch_id", batchID, "err", err)

@@ -23,6 +23,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tend.dev/tend/controlplane/store"
@@ -55,6 +56,9 @@ type Config struct {
 	// OnChange is called (without locks held) after an agent's status changes.
 	OnChange func(a store.Agent)
 }
+
+// ErrStopping is returned by Attach once Stop was called.
+var ErrStopping = errors.New("control plane shutting down: reconnect shortly")
 
 // ErrRevoked is returned when a revoked agent tries to attach.
 var ErrRevoked = errors.New("this agent was revoked ('tendctl delete agent'): to bring the host back, stop tend-agent, remove DATA_DIR/agent.pem and start it once with a new --token")
@@ -319,6 +323,12 @@ func (r *Registry) Counts() map[string]int {
 // older one, records the metadata from Hello and marks it connected.
 func (r *Registry) Attach(id string, s *Session, hello *agentv1.Hello, now time.Time) (store.Agent, error) {
 	r.mu.Lock()
+	if r.closed {
+		// Stop closed the sessions it knew of; one attached now would be
+		// left open and hold up the server's shutdown.
+		r.mu.Unlock()
+		return store.Agent{}, ErrStopping
+	}
 	e, ok := r.agents[id]
 	if !ok {
 		r.mu.Unlock()
@@ -426,6 +436,24 @@ func (r *Registry) expire(id string) {
 		e.deadline = d
 		r.mu.Unlock()
 		return
+	}
+	// Back-pressure is not silence: while the control plane holds the
+	// agent's messages (handling them, or waiting to commit them), the ones
+	// behind them cannot arrive. The agent gets a full TTL plus grace from
+	// the last release.
+	if e.session != nil {
+		window := r.ttlLocked() + r.cfg.Grace
+		held, released := e.session.heldUntil()
+		if held {
+			r.startTimerLocked(id, e, window)
+			r.mu.Unlock()
+			return
+		}
+		if left := time.Until(released.Add(window)); !released.IsZero() && left > 0 {
+			r.startTimerLocked(id, e, left)
+			r.mu.Unlock()
+			return
+		}
 	}
 	e.agent.Status = store.StatusDown
 	r.markLocked(id, e)
@@ -613,12 +641,21 @@ func cloneMap(m map[string]string) map[string]string {
 }
 
 // Session is one live agent stream. Messages to the agent go through Send,
-// which a single writer goroutine drains (gRPC allows one sender).
+// which a single writer drains (gRPC allows one sender): whoever calls
+// SetNotify is told when a message was queued, and drains Out.
 type Session struct {
 	AgentID string
 	out     chan *agentv1.ConnectResponse
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
+	notify  func()
+	// held counts the agent's messages the control plane has taken in and
+	// not finished with (being handled, or queued for commit); releasedAt
+	// (unix ns) is when it last dropped to zero. While the control plane
+	// itself holds an agent's messages back, the agent's later messages
+	// (heartbeats among them) wait behind them: that is not silence.
+	held       atomic.Int32
+	releasedAt atomic.Int64
 }
 
 // NewSession creates a session bound to the stream's context.
@@ -627,17 +664,51 @@ func NewSession(ctx context.Context, agentID string, buffer int) *Session {
 	return &Session{AgentID: agentID, out: make(chan *agentv1.ConnectResponse, buffer), ctx: ctx, cancel: cancel}
 }
 
+// SetNotify sets the function called after each message queued by Send or
+// TrySend (the stream starts its writer with it). Call it before the
+// session is shared (before Attach).
+func (s *Session) SetNotify(f func()) { s.notify = f }
+
 // Context is cancelled when the session ends.
 func (s *Session) Context() context.Context { return s.ctx }
 
 // Out is the channel the writer drains.
 func (s *Session) Out() <-chan *agentv1.ConnectResponse { return s.out }
 
+// Queued is how many messages wait in the queue.
+func (s *Session) Queued() int { return len(s.out) }
+
+// Hold notes that the control plane took in one of the agent's messages
+// and is not done with it; Release undoes one Hold. While any is held (and
+// for a TTL plus grace after the last Release) the registry does not mark
+// the agent down: its later messages are waiting behind the held ones.
+func (s *Session) Hold() { s.held.Add(1) }
+
+// Release undoes one Hold.
+func (s *Session) Release() {
+	if s.held.Add(-1) == 0 {
+		s.releasedAt.Store(time.Now().UnixNano())
+	}
+}
+
+// heldUntil reports whether messages are held now, or else when the last
+// release was (zero if never).
+func (s *Session) heldUntil() (bool, time.Time) {
+	if s.held.Load() > 0 {
+		return true, time.Time{}
+	}
+	if ns := s.releasedAt.Load(); ns != 0 {
+		return false, time.Unix(0, ns)
+	}
+	return false, time.Time{}
+}
+
 // Send queues a message for the agent; it blocks while the queue is full and
 // returns false once the session has ended.
 func (s *Session) Send(m *agentv1.ConnectResponse) bool {
 	select {
 	case s.out <- m:
+		s.kick()
 		return true
 	case <-s.ctx.Done():
 		return false
@@ -652,12 +723,19 @@ func (s *Session) Send(m *agentv1.ConnectResponse) bool {
 func (s *Session) TrySend(m *agentv1.ConnectResponse) bool {
 	select {
 	case s.out <- m:
+		s.kick()
 		return true
 	case <-s.ctx.Done():
 		return false
 	default:
 		s.Close(errors.New("agent is not reading its stream (send queue full)"))
 		return false
+	}
+}
+
+func (s *Session) kick() {
+	if s.notify != nil {
+		s.notify()
 	}
 }
 

@@ -277,3 +277,47 @@ func TestListSortedByNameAfterAdds(t *testing.T) {
 	l[0].Status = "bogus"
 	require.NotEqual(t, "bogus", status(r, "a3"))
 }
+
+// Back-pressure is not silence: while the control plane holds an agent's
+// messages (handling them, or queued for commit), the agent stays
+// connected however long that takes; after the last release it has a full
+// TTL plus grace before it is marked down.
+func TestHeldMessagesKeepAgentAlive(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, 100*time.Millisecond, 50*time.Millisecond)
+	enroll(t, st, r, "a1", "web-1")
+	s := NewSession(context.Background(), "a1", 4)
+	_, err := r.Attach("a1", s, &agentv1.Hello{}, time.Now())
+	require.NoError(t, err)
+
+	s.Hold()
+	s.Hold()
+	time.Sleep(500 * time.Millisecond) // more than three TTLs plus grace
+	require.Equal(t, store.StatusConnected, status(r, "a1"))
+	require.NoError(t, s.Context().Err())
+
+	s.Release()
+	time.Sleep(300 * time.Millisecond) // one still held
+	require.Equal(t, store.StatusConnected, status(r, "a1"))
+
+	released := time.Now()
+	s.Release()
+	select {
+	case <-s.Context().Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("an agent silent after its messages were released must go down")
+	}
+	require.Equal(t, store.StatusDown, status(r, "a1"))
+	require.GreaterOrEqual(t, time.Since(released), 150*time.Millisecond, "a full TTL plus grace after the last release")
+}
+
+// A stream set up while the control plane stops is refused: Stop closed the
+// sessions it knew of, and a later one would hold up the shutdown.
+func TestAttachAfterStopIsRefused(t *testing.T) {
+	st := testStore(t)
+	r := newRegistry(t, st, time.Minute, time.Second)
+	enroll(t, st, r, "a1", "web-1")
+	r.Stop()
+	_, err := r.Attach("a1", NewSession(context.Background(), "a1", 4), &agentv1.Hello{}, time.Now())
+	require.ErrorIs(t, err, ErrStopping)
+}

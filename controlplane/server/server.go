@@ -108,6 +108,8 @@ type Server struct {
 	lis      net.Listener
 	httpLis  net.Listener
 	reg      *prometheus.Registry
+	tickets  *ticketKeys
+	creds    *limitedCreds
 	wg       sync.WaitGroup
 }
 
@@ -226,7 +228,19 @@ func New(cfg Config) (*Server, error) {
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    ca.Pool(),
 		MinVersion:   tls.VersionTLS13,
+		// gRPC adds h2 to the config it is given, not to the one
+		// GetConfigForClient returns.
+		NextProtos: []string{"h2"},
 	}
+	// Session tickets with keys kept in the data dir, so that agents
+	// resume their TLS sessions after a restart (tickets.go).
+	s.tickets, err = openTicketKeys(cfg.DataDir, tlsConf, time.Now())
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	tlsConf = tlsConf.Clone()
+	tlsConf.GetConfigForClient = s.tickets.config
 	// Recovery first, so that a panic anywhere after it fails one call only.
 	rec := &api.Recoverer{Log: log.With("component", "grpc")}
 	creds, err := api.NewCredentials(st)
@@ -240,9 +254,10 @@ func New(cfg Config) (*Server, error) {
 		cleanup()
 		return nil, err
 	}
+	s.creds = newLimitedCreds(credentials.NewTLS(tlsConf), maxHandshakes())
 	auth := &api.Authorizer{AgentAllowed: s.fleet.Allowed, CredentialAllowed: creds.Allowed}
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.Creds(s.creds),
 		grpc.ChainUnaryInterceptor(rec.Unary, auth.Unary, probeUnary(cfg.HandlerProbe)),
 		grpc.ChainStreamInterceptor(rec.Stream, auth.Stream, probeStream(cfg.HandlerProbe)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
@@ -410,6 +425,24 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 	}()
+	// A new session-ticket key every ticketKeyRotate; old ones are
+	// accepted for ticketKeyKeep.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(10 * time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-refreshCtx.Done():
+				return
+			case <-t.C:
+			}
+			if _, err := s.tickets.rotate(time.Now(), false); err != nil {
+				s.log.Error("rotate session ticket keys (the current ones stay in use)", "err", err)
+			}
+		}
+	}()
 	s.log.Info("control plane ready", "listen", s.AdminAddr(), "http", s.HTTPAddr(), "data_dir", s.cfg.DataDir,
 		"heartbeat_ttl", s.fleet.TTL(), "heartbeat_grace", s.fleet.Grace())
 	var runErr error
@@ -422,30 +455,52 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
+// shutdownGrace bounds how long in-flight calls get to finish once every
+// agent stream was closed; then connections are closed.
+const shutdownGrace = 2 * time.Second
+
 func (s *Server) shutdown() {
 	s.log.Info("control plane stopping")
-	// Close agent sessions first so that streams end promptly.
+	start := time.Now()
+	// Close agent sessions first so that streams end promptly, and refuse
+	// the connections still waiting for a TLS handshake.
 	s.fleet.Stop()
-	done := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		s.grpc.Stop()
-	}
+	s.creds.stop()
+	// Stopping gRPC and committing what the ingest has queued go on at the
+	// same time: neither needs the other (batches submitted from now on
+	// are refused and never acknowledged; the agents send them again).
+	var stopping sync.WaitGroup
+	stopping.Add(2)
+	go func() {
+		defer stopping.Done()
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		t := time.NewTimer(shutdownGrace)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			s.grpc.Stop()
+			<-done
+		}
+	}()
+	go func() {
+		defer stopping.Done()
+		s.ingest.Stop()
+	}()
 	if s.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = s.http.Shutdown(ctx)
 		cancel()
 	}
-	s.ingest.Stop()
+	stopping.Wait()
 	s.remed.Stop()
 	s.webhook.Stop()
 	s.wg.Wait()
 	if err := s.store.Close(); err != nil {
 		s.log.Error("close store", "err", err)
 	}
-	s.log.Info("control plane stopped")
+	s.log.Info("control plane stopped", "took", time.Since(start).Round(time.Millisecond))
 }
 
 type fleetCollector struct {

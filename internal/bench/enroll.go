@@ -46,6 +46,9 @@ type Identity struct {
 	Name    string
 	CertDER []byte
 	cert    *tls.Certificate
+	// sessions: TLS session tickets, as tend-agent keeps them (one agent's
+	// sessions are made one after another: no lock needed).
+	sessions tls.ClientSessionCache
 }
 
 // fleetFile is the cache of enrolled identities in a state dir.
@@ -146,13 +149,18 @@ func (f *Fleet) prepare() error {
 }
 
 // TLSConfig is agent a's mTLS client config for server (as the real
-// agent's identity.TLSConfig: TLS 1.3, the CA as the only root).
+// agent's identity.TLSConfig: TLS 1.3, the CA as the only root, a session
+// cache that outlives the connection, so that reconnections resume).
 func (f *Fleet) TLSConfig(a *Identity, server string) *tls.Config {
+	if a.sessions == nil {
+		a.sessions = tls.NewLRUClientSessionCache(2)
+	}
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		RootCAs:      f.roots,
-		ServerName:   identity.ServerName(server),
-		Certificates: []tls.Certificate{*a.cert},
+		MinVersion:         tls.VersionTLS13,
+		RootCAs:            f.roots,
+		ServerName:         identity.ServerName(server),
+		Certificates:       []tls.Certificate{*a.cert},
+		ClientSessionCache: a.sessions,
 	}
 }
 

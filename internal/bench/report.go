@@ -57,6 +57,7 @@ func WriteTable(w io.Writer, r *Result) {
 			rr.DialToWelcomeP50Ms, rr.DialToWelcomeP99Ms, rr.LastDialSeconds)
 		fmt.Fprintf(tw, "\t  connection rate (1 s buckets)\tpeak %d welcomes/s, %d dials/s, %d attempts/s; backoff envelope allows %d dials/s; %d of %d attempts sooner than the envelope\t\n",
 			rr.PeakWelcomesPerSecond, rr.PeakDialsPerSecond, rr.PeakAttemptsPerSecond, rr.EnvelopePeakPerSecond, rr.BackoffViolations, rr.Attempts)
+		fmt.Fprintf(tw, "\t  TLS handshakes\t%d resumed a session, %d full\t\n", rr.Resumed, rr.FullHandshakes)
 	} else {
 		row("T8", "not run (--restart term|kill)")
 	}

@@ -283,6 +283,10 @@ type RestartResult struct {
 	BackoffViolations     int     `json:"backoffViolations"`
 	Attempts              int     `json:"attempts"`
 	EarliestRetrySeconds  float64 `json:"earliestRetrySeconds"`
+	// TLS handshakes from the signal to the end: resumed sessions and full
+	// handshakes (failed attempts included).
+	Resumed        uint64 `json:"tlsResumed"`
+	FullHandshakes uint64 `json:"tlsFullHandshakes"`
 }
 
 // Label is the selector label of the bench's policies and agents.
@@ -743,6 +747,7 @@ func restart(ctx context.Context, cfg Config, cp *ControlPlane, sim *simFleet, n
 	sim.expectDown.Store(true)
 	defer sim.expectDown.Store(false)
 	t0 := time.Now()
+	resumed0, full0 := sim.c.Resumed.Load(), sim.c.FullHandshakes.Load()
 	_, up, err := cp.Restart(ctx, sig)
 	if err != nil {
 		return nil, fmt.Errorf("restart: %w", err)
@@ -765,6 +770,7 @@ func restart(ctx context.Context, cfg Config, cp *ControlPlane, sim *simFleet, n
 		}
 	}
 	rr.Reconnected = len(times)
+	rr.Resumed, rr.FullHandshakes = sim.c.Resumed.Load()-resumed0, sim.c.FullHandshakes.Load()-full0
 	if len(times) > 0 {
 		// Under a reconnect storm /healthz can answer late: the first
 		// agent back proves the control plane was up.

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -48,6 +49,9 @@ type Counters struct {
 	Unremediated     atomic.Uint64 // failure episodes given up without a task
 
 	AckedOnWelcome atomic.Uint64 // results found durable by a Welcome (their ack was lost)
+
+	FullHandshakes atomic.Uint64 // TLS handshakes that did not resume a session
+	Resumed        atomic.Uint64 // TLS handshakes that resumed one
 
 	Connects    atomic.Uint64 // sessions that got a Welcome
 	Drops       atomic.Uint64 // sessions that ended unexpectedly
@@ -409,9 +413,18 @@ func (a *simAgent) dial() (*grpc.ClientConn, error) {
 			return errors.Join(err, serr)
 		},
 	}
+	tlsConf := s.fleet.TLSConfig(a.id, s.server)
+	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+		if cs.DidResume {
+			s.c.Resumed.Add(1)
+		} else {
+			s.c.FullHandshakes.Add(1)
+		}
+		return nil
+	}
 	return grpc.NewClient("passthrough:///"+s.server,
 		append(stream.DialOptions(),
-			grpc.WithTransportCredentials(credentials.NewTLS(s.fleet.TLSConfig(a.id, s.server))),
+			grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 				return d.DialContext(ctx, "tcp", addr)
 			}),
@@ -513,7 +526,8 @@ func (a *simAgent) jitter(d time.Duration) time.Duration {
 type connectStream = grpc.BidiStreamingClient[agentv1.ConnectRequest, agentv1.ConnectResponse]
 
 // sendLoop is the session's only sender: results as their checks come due,
-// task updates, heartbeats. It returns when the session ends, true if the
+// task updates, heartbeats (only after an interval with nothing else
+// sent, as tend-agent). It returns when the session ends, true if the
 // receiver's error was consumed.
 func (a *simAgent) sendLoop(ctx context.Context, st connectStream, recvErr chan error, hb time.Duration) bool {
 	hbTimer := time.NewTimer(a.jitter(hb))
@@ -545,6 +559,11 @@ func (a *simAgent) sendLoop(ctx context.Context, st connectStream, recvErr chan 
 			}
 			a.s.c.BatchesSent.Add(1)
 			a.s.c.Sent.Add(uint64(len(b.GetResults().GetResults())))
+		}
+		// As tend-agent: a heartbeat only after an interval with nothing
+		// else sent (the control plane takes any message as liveness).
+		if len(ups)+len(batches) > 0 {
+			hbTimer.Reset(a.jitter(hb))
 		}
 		if !next.IsZero() {
 			due.Reset(max(time.Until(next), time.Millisecond))
