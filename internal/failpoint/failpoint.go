@@ -73,7 +73,8 @@ const (
 	// about to be sent on the stream (agent/stream, sendTaskUpdates).
 	AgentBeforeTaskReport = "agentBeforeTaskReport"
 	// CPAfterTaskPersist: the control plane has created, sequenced, signed
-	// and stored a task, before anything else is recorded or sent
+	// and stored a task, in one transaction with its incident and its
+	// detected/decided/signed events, before it is sent
 	// (controlplane/remediation, dispatch).
 	CPAfterTaskPersist = "cpAfterTaskPersist"
 	// CPBeforeTaskSend: a stored task is about to be handed to the agent's

@@ -38,9 +38,10 @@ func robustCPKill(t *testing.T, point string, spec func(fault int) string) {
 	w.finish()
 }
 
-// The control plane dies with the task stored and signed, before its
-// incident records it and before it is sent: after the restart the task is
-// sent when the agent reconnects (it never accepted it), and runs once.
+// The control plane dies with the task stored and signed (in one transaction
+// with its incident and the events that explain it), before it is sent:
+// after the restart the task is sent when the agent reconnects (it never
+// accepted it), and runs once.
 func TestRobustCPKillAfterTaskPersist(t *testing.T) {
 	robustCPKill(t, failpoint.CPAfterTaskPersist, func(int) string { return "exit" })
 }
