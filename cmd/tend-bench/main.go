@@ -68,7 +68,7 @@ func run(ctx context.Context) int {
 	fs.DurationVar(&cfg.Duration, "duration", 30*time.Second, "measurement window")
 	fs.IntVar(&cfg.MaxInFlight, "max-in-flight", 4, "result batches in flight per agent (tend-agent: 4)")
 	fs.IntVar(&cfg.BatchMax, "batch-max", 500, "results per batch at most (tend-agent: 500)")
-	fs.BoolVar(&cfg.AlignedChecks, "aligned", false, "run each agent's checks together, one batch per agent and interval (default: each check on its own jittered schedule, as tend-agent does)")
+	fs.BoolVar(&cfg.AlignedChecks, "aligned", true, "run each agent's checks together at a random phase per agent, one batch per agent and interval, as tend-agent runs checks of the same interval; --aligned=false: each check on its own jittered schedule, one result per message (tend-agent before its checks were aligned)")
 	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 4, "127.0.0.x source addresses for the agents' connections (at least one per 20,000 agents)")
 	fs.IntVar(&cfg.EnrollParallel, "enroll-parallel", 64, "enrollments in flight")
 	fs.StringVar(&cfg.Addr, "controlplane-addr", "", "use this running control plane (gRPC address) instead of starting one")

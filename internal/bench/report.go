@@ -25,9 +25,9 @@ func kb(b uint64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
 
 // WriteTable prints one run as a readable table.
 func WriteTable(w io.Writer, r *Result) {
-	aligned := ""
-	if r.AlignedChecks {
-		aligned = " (aligned: one batch per agent and interval)"
+	aligned := " (aligned: one batch per agent and interval, as tend-agent)"
+	if !r.AlignedChecks {
+		aligned = " (spread: each check on its own schedule, one result per message)"
 	}
 	fmt.Fprintf(w, "tend-bench: %d agents x %d checks every %gs%s over %s; failure rate %g, trigger %s; window %.0fs\n",
 		r.Agents, r.ChecksPerAgent, r.IntervalSeconds, aligned, r.Transport, r.FailureRate, r.Trigger, r.WindowSeconds)

@@ -53,9 +53,10 @@ type Config struct {
 	MaxInFlight                    int           // batches in flight per agent (tend-agent: 4)
 	BatchMax                       int           // results per batch (tend-agent: 500)
 	SourceAddrs                    int           // 127.0.0.x source addresses (more are used if needed)
-	// AlignedChecks: each agent runs all its checks at the same moment, so
-	// that it sends one batch per interval (as an agent that gathers its
-	// results would) instead of one per result.
+	// AlignedChecks: each agent runs all its checks at the same moment (a
+	// random phase per agent), so that it sends one batch per interval, as
+	// tend-agent does with checks of the same interval; false: each check
+	// on its own jittered schedule, one result per message.
 	AlignedChecks bool
 
 	// The control plane: an existing one (Addr, AdminConf, optionally PID
