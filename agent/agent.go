@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -381,7 +382,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	// still waiting are appended (and seen by autonomy), then autonomy
 	// stops.
 	defer a.out.Close()
-	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"))
+	// Checks of the same interval run together, at a phase of this agent's
+	// own: their results share one outbox transaction and one message,
+	// and agents still spread over the interval.
+	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"), scheduler.WithPhase(rand.N(24*time.Hour)))
 	defer a.sched.Stop()
 
 	// Keep running the last assigned checks while the control plane is away.

@@ -105,7 +105,8 @@ func (c *processCheck) findByName(ctx context.Context) (pids []int, zombies int,
 			continue // it exited while we looked, or is not readable
 		}
 		match := st.Comm == c.name
-		if !match {
+		// A kernel thread's cmdline is empty: no need to read it.
+		if !match && !st.Kernel {
 			cmdline, err := readCapped(filepath.Join(c.procRoot, e.Name(), "cmdline"), maxCmdline)
 			match = err == nil && argv0Base(cmdline) == c.name
 		}
@@ -159,7 +160,13 @@ type procStat struct {
 	Comm  string
 	State byte
 	PPid  int
+	// Kernel: a kernel thread (PF_KTHREAD in the flags field).
+	Kernel bool
 }
+
+// pfKthread is PF_KTHREAD, the kernel-thread bit of /proc/<pid>/stat's
+// flags (include/linux/sched.h).
+const pfKthread = 0x00200000
 
 // dead says whether the process has exited: a zombie (Z) or dead (X/x).
 func (s procStat) dead() bool { return s.State == 'Z' || s.State == 'X' || s.State == 'x' }
@@ -185,7 +192,14 @@ func parseProcStat(b []byte) (procStat, error) {
 	if err != nil || ppid < 0 {
 		return procStat{}, fmt.Errorf("malformed stat: bad ppid %s", quote(string(rest[1])))
 	}
-	return procStat{Pid: pid, Comm: string(b[open+1 : end]), State: rest[0][0], PPid: ppid}, nil
+	st := procStat{Pid: pid, Comm: string(b[open+1 : end]), State: rest[0][0], PPid: ppid}
+	// Field 9, flags: PF_KTHREAD marks a kernel thread.
+	if len(rest) > 6 {
+		if flags, err := strconv.ParseUint(string(rest[6]), 10, 64); err == nil {
+			st.Kernel = flags&pfKthread != 0
+		}
+	}
+	return st, nil
 }
 
 // argv0Base returns the base name of argv[0] from /proc/<pid>/cmdline

@@ -27,6 +27,8 @@ func TestParseProcStat(t *testing.T) {
 		{"spaces and parens in comm", "9 (a) b (c) R 2 9 9", procStat{Pid: 9, Comm: "a) b (c", State: 'R', PPid: 2}, false},
 		{"newline and escape in comm", "10 (x\n\x1b[2J) S 3 10", procStat{Pid: 10, Comm: "x\n\x1b[2J", State: 'S', PPid: 3}, false},
 		{"empty comm", "11 () I 2 0", procStat{Pid: 11, Comm: "", State: 'I', PPid: 2}, false},
+		{"kernel thread (PF_KTHREAD)", "3 (pool_workqueue_release) S 2 0 0 0 -1 2129984 0 0", procStat{Pid: 3, Comm: "pool_workqueue_release", State: 'S', PPid: 2, Kernel: true}, false},
+		{"bad flags are ignored", "3 (k) S 2 0 0 0 -1 lots 0 0", procStat{Pid: 3, Comm: "k", State: 'S', PPid: 2}, false},
 		{"trailing newline", "12 (bash) S 1 12\n", procStat{Pid: 12, Comm: "bash", State: 'S', PPid: 1}, false},
 		{"empty", "", procStat{}, true},
 		{"no parens", "12 bash S 1", procStat{}, true},
