@@ -2,6 +2,7 @@ package checks
 
 import (
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -301,4 +302,26 @@ func TestProcessZombieReal(t *testing.T) {
 	res = run(t, mustNew(t, processSpec("", pidfile)), 2*time.Second)
 	require.Equal(t, statusCritical, res.Status, res.Output)
 	require.Contains(t, res.Output, "is a zombie")
+}
+
+func TestReadUntil(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	require.NoError(t, os.WriteFile(path, []byte("/usr/bin/x\x00--flag\x00"), 0o600))
+	got, err := readUntil(path, make([]byte, 64), hasNUL)
+	require.NoError(t, err)
+	require.Equal(t, "x", argv0Base(got))
+	got, err = readUntil(path, make([]byte, 4), endsWithNewline)
+	require.NoError(t, err)
+	require.Equal(t, "/usr", string(got), "stops when the buffer is full")
+	got, err = readUntil(path, make([]byte, 64), endsWithNewline)
+	require.NoError(t, err)
+	require.Equal(t, "/usr/bin/x\x00--flag\x00", string(got), "reads to the end")
+	_, err = readUntil(filepath.Join(dir, "missing"), make([]byte, 8), hasNUL)
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	// The real thing: this process's own stat.
+	st, err := (&processCheck{procRoot: "/proc"}).readStat(os.Getpid())
+	require.NoError(t, err)
+	require.Equal(t, os.Getpid(), st.Pid)
+	require.False(t, st.Kernel)
 }

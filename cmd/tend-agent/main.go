@@ -1,3 +1,9 @@
+// updatemaxprocs=0: the runtime would otherwise re-read the cgroup CPU
+// limit every second to adjust GOMAXPROCS (Go 1.25+), a measurable share of
+// an idle agent's CPU; GOMAXPROCS is still set from the limit at start.
+
+//go:debug updatemaxprocs=0
+
 // Command tend-agent runs the Tend agent on a host.
 package main
 
