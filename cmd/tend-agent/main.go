@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -41,7 +42,18 @@ func parseLabels(s string) (map[string]string, error) {
 	return out, nil
 }
 
-func main() { os.Exit(run()) }
+// gcPercent is the agent's GOGC unless the environment sets one: an idle
+// agent's live heap is a few MB, so the default 100 lets it double; 50
+// keeps about 1 MB less resident at no measurable CPU cost (tend-bench
+// --agent-footprint: 6.1 against 7.0 MB anonymous, 0.125% of a core both).
+const gcPercent = 50
+
+func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+	os.Exit(run())
+}
 
 func run() int {
 	fs := flag.NewFlagSet("tend-agent", flag.ContinueOnError)
