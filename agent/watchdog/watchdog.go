@@ -37,8 +37,8 @@ const ExitCode = 3
 
 // Defaults.
 const (
-	// DefaultMemory is the resident memory limit: over ten times what an
-	// idle agent uses (about 15-25 MB), and what osquery allows by default.
+	// DefaultMemory is the resident memory limit: about ten times what an
+	// idle agent uses (about 23 MB), and what osquery allows by default.
 	DefaultMemory = 200 << 20
 	// DefaultCPU is the CPU limit in cores, averaged over DefaultCPUWindow:
 	// a tenth of a core for a minute is a hundred times an idle agent's
