@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -51,6 +52,10 @@ type Config struct {
 	LocalChecks []*agentv1.CheckSpec
 	OutboxMax   int
 	MaxBackoff  time.Duration
+	// ResultLinger is how long a passing result that does not change its
+	// check's status may wait to share an outbox transaction with others
+	// (default DefaultResultLinger; negative: never).
+	ResultLinger time.Duration
 	// Actions is the host's allow-list (agent.yaml actions:); absent
 	// actions are denied.
 	Actions map[string]config.ActionRule
@@ -72,6 +77,7 @@ type Agent struct {
 	host    *pluginhost.Host
 	runner  *tasks.Runner
 	auto    *autonomy.Autonomy
+	out     *coalescer
 	plugins []string
 
 	mu         sync.Mutex
@@ -161,6 +167,11 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a.id = id
 	a.log = a.log.With("agent_id", id.AgentID())
+	linger := cfg.ResultLinger
+	if linger == 0 {
+		linger = DefaultResultLinger
+	}
+	a.out = newCoalescer(linger, db.Append, a.appended, a.appendFailed)
 	return a, nil
 }
 
@@ -184,15 +195,25 @@ func (a *Agent) sink(spec *agentv1.CheckSpec, res checks.Result, started time.Ti
 		StartedAt:     timestamppb.New(started),
 		Duration:      durationpb.New(took),
 	}
-	if err := a.db.Append(r); err != nil {
-		a.log.Error("outbox append failed: result lost", "check_id", spec.GetId(), "err", err)
-		return
-	}
+	a.out.Add(r)
+}
+
+// appended hands on results once they are durable in the outbox: the
+// stream sends them, autonomy counts them (it needs their seq).
+func (a *Agent) appended(rs []*agentv1.CheckResult) {
 	if a.client != nil {
 		a.client.Notify()
 	}
 	if a.auto != nil {
-		a.auto.Observe(r)
+		for _, r := range rs {
+			a.auto.Observe(r)
+		}
+	}
+}
+
+func (a *Agent) appendFailed(rs []*agentv1.CheckResult, err error) {
+	for _, r := range rs {
+		a.log.Error("outbox append failed: result lost", "check_id", r.GetCheckId(), "err", err)
 	}
 }
 
@@ -357,7 +378,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer auto.Stop()
 	go a.warmPlugins()
 
-	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"))
+	// Deferred calls run last first: the checks stop, then the results
+	// still waiting are appended (and seen by autonomy), then autonomy
+	// stops.
+	defer a.out.Close()
+	// Checks of the same interval run together, at a phase of this agent's
+	// own: their results share one outbox transaction and one message,
+	// and agents still spread over the interval.
+	a.sched = scheduler.New(a.sink, a.log.With("component", "scheduler"), scheduler.WithPhase(rand.N(24*time.Hour)))
 	defer a.sched.Stop()
 
 	// Keep running the last assigned checks while the control plane is away.

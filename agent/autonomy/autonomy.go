@@ -28,6 +28,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,8 +37,7 @@ import (
 
 	"tend.dev/tend/agent/state"
 	"tend.dev/tend/agent/tasks"
-	"tend.dev/tend/internal/engine"
-	"tend.dev/tend/internal/policy"
+	"tend.dev/tend/internal/engine/window"
 	"tend.dev/tend/internal/task"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 	taskv1 "tend.dev/tend/proto/tend/task/v1"
@@ -75,8 +75,8 @@ type Config struct {
 type order struct {
 	o     *taskv1.StandingOrder
 	env   []byte
-	rule  *engine.Rule
-	state engine.State
+	rule  window.Counter
+	state window.State
 	// run in progress or waiting for verification, nil if none.
 	run *runState
 	// lastEnd: when the last run ended (backoff).
@@ -172,10 +172,9 @@ func (a *Autonomy) set(so *agentv1.StandingOrders, logIt bool) {
 			a.log.Warn("standing order refused", "err", err)
 			continue
 		}
-		rule, err := engine.Compile(&policy.Policy{Metadata: policy.Metadata{Name: o.GetPolicy()}, Version: o.GetPolicyVersion(),
-			Spec: policy.Spec{Trigger: policy.Trigger{Failures: int(o.GetFailures()), Window: int(o.GetWindow()), When: o.GetWhen()}}})
+		rule, err := orderRule(o)
 		if err != nil {
-			a.log.Warn("standing order refused: its trigger does not compile", "order", o.GetOrderId(), "policy", o.GetPolicy(), "err", err)
+			a.log.Warn("standing order refused", "order", o.GetOrderId(), "policy", o.GetPolicy(), "err", err)
 			continue
 		}
 		// The same policy's order is updated in place: a run in progress
@@ -201,6 +200,22 @@ func (a *Autonomy) set(so *agentv1.StandingOrders, logIt bool) {
 		}
 		a.log.Info("standing orders updated", "orders", n)
 	}
+}
+
+// orderRule is the window rule of an order. The agent does not evaluate
+// `when` expressions (it does not link CEL, to stay small): policy
+// validation refuses an autonomous policy with one, and an order that
+// carries one anyway (from an older control plane) is refused here rather
+// than run under a broader trigger than its policy says.
+func orderRule(o *taskv1.StandingOrder) (window.Counter, error) {
+	if strings.TrimSpace(o.GetWhen()) != "" {
+		return window.Counter{}, fmt.Errorf("its trigger has a when expression (%q), which agents do not evaluate: remove when from the autonomous policy", o.GetWhen())
+	}
+	c := window.Counter{Failures: int(o.GetFailures()), Window: int(o.GetWindow()), Flap: window.DefaultFlap}
+	if err := c.Validate(); err != nil {
+		return window.Counter{}, fmt.Errorf("its trigger is invalid: %w", err)
+	}
+	return c, nil
 }
 
 // Withdraw drops every standing order, durably (the control plane refused
@@ -262,7 +277,7 @@ func (a *Autonomy) Observe(r *agentv1.CheckResult) {
 	}
 	a.online = online
 	for _, o := range orders {
-		d := o.rule.Observe(&o.state, r, nil, now)
+		d := o.rule.Observe(&o.state, r, now)
 		if d.Passed {
 			o.passes++
 			if o.state.Triggered && o.passes >= o.rule.Window && o.run == nil {
@@ -285,7 +300,7 @@ func (a *Autonomy) Observe(r *agentv1.CheckResult) {
 
 // followRun verifies a finished run: the check passes (a result started
 // after the action ended) before the deadline, or not.
-func (a *Autonomy) followRun(o *order, r *agentv1.CheckResult, d engine.Decision, now time.Time) {
+func (a *Autonomy) followRun(o *order, r *agentv1.CheckResult, d window.Decision, now time.Time) {
 	rs := o.run
 	if rs.finished.IsZero() {
 		return // still running
@@ -343,7 +358,7 @@ func (a *Autonomy) budget(pol string, now time.Time) ([]time.Time, error) {
 
 // maybeRun starts the order's action if everything allows it now; each
 // "no" that matters is logged (not reported: nothing happened).
-func (a *Autonomy) maybeRun(o *order, d engine.Decision, now time.Time) {
+func (a *Autonomy) maybeRun(o *order, d window.Decision, now time.Time) {
 	off := a.cfg.Offline()
 	if off <= 0 || off < o.o.GetOfflineAfter().AsDuration() {
 		return // connected, or not away long enough: the control plane decides

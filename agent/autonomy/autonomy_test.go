@@ -172,7 +172,10 @@ func TestNothingUnsignedOrExpiredRuns(t *testing.T) {
 		x.ExpiresAt = timestamppb.New(time.Now().Add(-time.Hour))
 	})
 	forOther := f.order(func(x *taskv1.StandingOrder) { x.AgentId = "agent-2" })
-	require.NoError(t, f.a.SetOrders(&agentv1.StandingOrders{Envelopes: [][]byte{forged, expired, forOther}}))
+	// The agent does not evaluate `when`: an order carrying one (policy
+	// validation refuses such a policy) would run on a broader trigger.
+	withWhen := f.order(func(x *taskv1.StandingOrder) { x.When = `result.status != "ok"` })
+	require.NoError(t, f.a.SetOrders(&agentv1.StandingOrders{Envelopes: [][]byte{forged, expired, forOther, withWhen}}))
 	require.Zero(t, f.a.Orders(), "every one refused")
 	f.offline.Store(int64(time.Hour))
 	for range 5 {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
@@ -92,6 +93,7 @@ func (c *processCheck) findByName(ctx context.Context) (pids []int, zombies int,
 	if err != nil {
 		return nil, 0, err
 	}
+	buf := make([]byte, maxCmdline) // reused for every file read
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid <= 0 {
@@ -100,13 +102,14 @@ func (c *processCheck) findByName(ctx context.Context) (pids []int, zombies int,
 		if err := ctx.Err(); err != nil {
 			return nil, 0, err
 		}
-		st, err := c.readStat(pid)
+		st, err := c.readStatBuf(pid, buf)
 		if err != nil {
 			continue // it exited while we looked, or is not readable
 		}
 		match := st.Comm == c.name
-		if !match {
-			cmdline, err := readCapped(filepath.Join(c.procRoot, e.Name(), "cmdline"), maxCmdline)
+		// A kernel thread's cmdline is empty: no need to read it.
+		if !match && !st.Kernel {
+			cmdline, err := readUntil(filepath.Join(c.procRoot, e.Name(), "cmdline"), buf, hasNUL)
 			match = err == nil && argv0Base(cmdline) == c.name
 		}
 		switch {
@@ -146,7 +149,12 @@ func (c *processCheck) checkPidfile() Result {
 }
 
 func (c *processCheck) readStat(pid int) (procStat, error) {
-	b, err := readCapped(filepath.Join(c.procRoot, strconv.Itoa(pid), "stat"), maxCmdline)
+	return c.readStatBuf(pid, make([]byte, maxCmdline))
+}
+
+// readStatBuf is readStat reading into buf.
+func (c *processCheck) readStatBuf(pid int, buf []byte) (procStat, error) {
+	b, err := readUntil(filepath.Join(c.procRoot, strconv.Itoa(pid), "stat"), buf, endsWithNewline)
 	if err != nil {
 		return procStat{}, err
 	}
@@ -159,7 +167,13 @@ type procStat struct {
 	Comm  string
 	State byte
 	PPid  int
+	// Kernel: a kernel thread (PF_KTHREAD in the flags field).
+	Kernel bool
 }
+
+// pfKthread is PF_KTHREAD, the kernel-thread bit of /proc/<pid>/stat's
+// flags (include/linux/sched.h).
+const pfKthread = 0x00200000
 
 // dead says whether the process has exited: a zombie (Z) or dead (X/x).
 func (s procStat) dead() bool { return s.State == 'Z' || s.State == 'X' || s.State == 'x' }
@@ -185,7 +199,14 @@ func parseProcStat(b []byte) (procStat, error) {
 	if err != nil || ppid < 0 {
 		return procStat{}, fmt.Errorf("malformed stat: bad ppid %s", quote(string(rest[1])))
 	}
-	return procStat{Pid: pid, Comm: string(b[open+1 : end]), State: rest[0][0], PPid: ppid}, nil
+	st := procStat{Pid: pid, Comm: string(b[open+1 : end]), State: rest[0][0], PPid: ppid}
+	// Field 9, flags: PF_KTHREAD marks a kernel thread.
+	if len(rest) > 6 {
+		if flags, err := strconv.ParseUint(string(rest[6]), 10, 64); err == nil {
+			st.Kernel = flags&pfKthread != 0
+		}
+	}
+	return st, nil
 }
 
 // argv0Base returns the base name of argv[0] from /proc/<pid>/cmdline
@@ -218,6 +239,43 @@ func parsePid(b []byte) (int, error) {
 	}
 	return int(pid), nil
 }
+
+// readUntil reads a file into buf until done says what was read is
+// enough, the end of the file, or buf is full, and returns what it read.
+// The process check reads two /proc files per process on every run: this
+// costs three system calls per file (open, read, close), where os.ReadFile
+// or io.ReadAll on an os.File take five or six (fstat, and a read until
+// EOF). /proc/<pid>/stat ends with a newline; of /proc/<pid>/cmdline only
+// argv[0], up to its NUL, is needed.
+func readUntil(path string, buf []byte, done func([]byte) bool) ([]byte, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	n := 0
+	for n < len(buf) {
+		m, err := syscall.Read(fd, buf[n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if m <= 0 {
+			break
+		}
+		n += m
+		if done(buf[:n]) {
+			break
+		}
+	}
+	return buf[:n], nil
+}
+
+func endsWithNewline(b []byte) bool { return len(b) > 0 && b[len(b)-1] == '\n' }
+
+func hasNUL(b []byte) bool { return bytes.IndexByte(b, 0) >= 0 }
 
 // readCapped reads at most max bytes of a file.
 func readCapped(path string, max int64) ([]byte, error) {

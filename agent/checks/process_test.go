@@ -2,6 +2,7 @@ package checks
 
 import (
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -27,6 +28,8 @@ func TestParseProcStat(t *testing.T) {
 		{"spaces and parens in comm", "9 (a) b (c) R 2 9 9", procStat{Pid: 9, Comm: "a) b (c", State: 'R', PPid: 2}, false},
 		{"newline and escape in comm", "10 (x\n\x1b[2J) S 3 10", procStat{Pid: 10, Comm: "x\n\x1b[2J", State: 'S', PPid: 3}, false},
 		{"empty comm", "11 () I 2 0", procStat{Pid: 11, Comm: "", State: 'I', PPid: 2}, false},
+		{"kernel thread (PF_KTHREAD)", "3 (pool_workqueue_release) S 2 0 0 0 -1 2129984 0 0", procStat{Pid: 3, Comm: "pool_workqueue_release", State: 'S', PPid: 2, Kernel: true}, false},
+		{"bad flags are ignored", "3 (k) S 2 0 0 0 -1 lots 0 0", procStat{Pid: 3, Comm: "k", State: 'S', PPid: 2}, false},
 		{"trailing newline", "12 (bash) S 1 12\n", procStat{Pid: 12, Comm: "bash", State: 'S', PPid: 1}, false},
 		{"empty", "", procStat{}, true},
 		{"no parens", "12 bash S 1", procStat{}, true},
@@ -299,4 +302,26 @@ func TestProcessZombieReal(t *testing.T) {
 	res = run(t, mustNew(t, processSpec("", pidfile)), 2*time.Second)
 	require.Equal(t, statusCritical, res.Status, res.Output)
 	require.Contains(t, res.Output, "is a zombie")
+}
+
+func TestReadUntil(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	require.NoError(t, os.WriteFile(path, []byte("/usr/bin/x\x00--flag\x00"), 0o600))
+	got, err := readUntil(path, make([]byte, 64), hasNUL)
+	require.NoError(t, err)
+	require.Equal(t, "x", argv0Base(got))
+	got, err = readUntil(path, make([]byte, 4), endsWithNewline)
+	require.NoError(t, err)
+	require.Equal(t, "/usr", string(got), "stops when the buffer is full")
+	got, err = readUntil(path, make([]byte, 64), endsWithNewline)
+	require.NoError(t, err)
+	require.Equal(t, "/usr/bin/x\x00--flag\x00", string(got), "reads to the end")
+	_, err = readUntil(filepath.Join(dir, "missing"), make([]byte, 8), hasNUL)
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	// The real thing: this process's own stat.
+	st, err := (&processCheck{procRoot: "/proc"}).readStat(os.Getpid())
+	require.NoError(t, err)
+	require.Equal(t, os.Getpid(), st.Pid)
+	require.False(t, st.Kernel)
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"tend.dev/tend/agent/watchdog"
 )
 
 // Config is agent.yaml. Flags override the file's values.
@@ -31,6 +33,46 @@ type Config struct {
 	OutboxMax int `yaml:"outboxMax"`
 	// MaxBackoff caps the reconnect backoff (default 120s).
 	MaxBackoff Duration `yaml:"maxBackoff"`
+	// Watchdog limits the agent's own memory and CPU (agent/watchdog).
+	Watchdog Watchdog `yaml:"watchdog"`
+}
+
+// Watchdog is agent.yaml's watchdog section; empty fields take the
+// defaults (watchdog.DefaultLimits).
+type Watchdog struct {
+	// Memory is the resident memory limit, e.g. "200MiB", or "off".
+	Memory string `yaml:"memory"`
+	// CPU is the CPU limit in percent of one core, e.g. "10%", or "off".
+	CPU string `yaml:"cpu"`
+	// CPUWindow is the window CPU use is averaged over (default 1m).
+	CPUWindow Duration `yaml:"cpuWindow"`
+}
+
+// Limits resolves the section into watchdog limits.
+func (w Watchdog) Limits() (watchdog.Limits, error) {
+	lim := watchdog.DefaultLimits()
+	var errs []error
+	if w.Memory != "" {
+		v, err := watchdog.ParseBytes(w.Memory)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("watchdog.memory: %w", err))
+		}
+		lim.Memory = v
+	}
+	if w.CPU != "" {
+		v, err := watchdog.ParseCPU(w.CPU)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("watchdog.cpu: %w", err))
+		}
+		lim.CPU = v
+	}
+	switch d := time.Duration(w.CPUWindow); {
+	case d < 0 || (d > 0 && d < 10*time.Second) || d > time.Hour:
+		errs = append(errs, fmt.Errorf("watchdog.cpuWindow: must be from 10s to 1h, got %s", d))
+	case d > 0:
+		lim.CPUWindow = d
+	}
+	return lim, errors.Join(errs...)
 }
 
 // ActionRule restricts one action's parameters (enforced by
@@ -155,6 +197,9 @@ func Parse(path string, b []byte) (*Config, error) {
 	}
 	if c.OutboxMax < 0 {
 		errs = append(errs, fmt.Errorf("%s: outboxMax: must not be negative (0 means the default, 100000)", path))
+	}
+	if _, err := c.Watchdog.Limits(); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", path, err))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"tend.dev/tend/agent/watchdog"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
 
@@ -111,6 +112,23 @@ outboxMax: 0
 	require.Equal(t, "/usr/lib/tend/plugins", c.PluginDir)
 	require.Equal(t, Duration(45*time.Second), c.MaxBackoff)
 	require.Zero(t, c.OutboxMax, "0 means the default")
+	lim, err := c.Watchdog.Limits()
+	require.NoError(t, err)
+	require.Equal(t, watchdog.DefaultLimits(), lim, "no watchdog section: the defaults")
+}
+
+func TestWatchdogLimits(t *testing.T) {
+	c, err := Parse("agent.yaml", []byte("watchdog: {memory: 100MiB, cpu: 5%, cpuWindow: 2m}\n"))
+	require.NoError(t, err)
+	lim, err := c.Watchdog.Limits()
+	require.NoError(t, err)
+	require.Equal(t, watchdog.Limits{Memory: 100 << 20, CPU: 0.05, CPUWindow: 2 * time.Minute}, lim)
+	c, err = Parse("agent.yaml", []byte("watchdog: {memory: \"off\", cpu: \"off\"}\n"))
+	require.NoError(t, err)
+	lim, err = c.Watchdog.Limits()
+	require.NoError(t, err)
+	require.Zero(t, lim.Memory)
+	require.Zero(t, lim.CPU)
 }
 
 // Each check type becomes the right CheckSpec, with defaults for interval
@@ -260,6 +278,10 @@ func TestParseErrors(t *testing.T) {
 		{"duration garbage", check("{name: a, type: service, timeout: soon, service: {name: x}}"), []string{`bad duration "soon"`}},
 		{"duration not a scalar", check("{name: a, type: service, interval: [5s], service: {name: x}}"), []string{"want a duration"}},
 		{"bad maxBackoff", "maxBackoff: 2 minutes\n", []string{"line 1", "bad duration"}},
+		{"bad watchdog memory", "watchdog: {memory: 200}\n", []string{"agent.yaml: watchdog.memory: bad memory size \"200\""}},
+		{"bad watchdog cpu", "watchdog: {cpu: 0.1}\n", []string{"agent.yaml: watchdog.cpu: bad CPU limit \"0.1\""}},
+		{"watchdog window too short", "watchdog: {cpuWindow: 1s}\n", []string{"agent.yaml: watchdog.cpuWindow: must be from 10s to 1h, got 1s"}},
+		{"unknown watchdog field", "watchdog: {rss: 1MiB}\n", []string{"field rss not found"}},
 
 		{"unknown type", check("{name: a, type: ping}"), []string{"checks[0]", `unknown check type "ping"`}},
 		{"missing type", check("{name: a, service: {name: x}}"), []string{"checks[0]", "type: required"}},

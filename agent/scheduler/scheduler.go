@@ -8,7 +8,8 @@
 // The rules follow Consul's agent/checks: each check has a stop channel and
 // runs on its own goroutine; its first run comes after a jitter drawn
 // uniformly from [0, interval), so checks started together do not run
-// together; the interval defaults to DefaultInterval and is raised to a
+// together (unless WithPhase aligns them, as the agent does, so that their
+// results share a transaction and a message); the interval defaults to DefaultInterval and is raised to a
 // minimum (DefaultMinInterval, see WithMinInterval); the timeout defaults to
 // min(interval, DefaultMaxTimeout) and is capped at the interval; a check
 // never runs twice at once (a run that outlasts the interval makes the
@@ -77,6 +78,18 @@ func WithMinInterval(d time.Duration) Option {
 	}
 }
 
+// WithPhase aligns the checks: a check runs when the wall clock is at
+// phase plus a whole number of its intervals, so checks with the same
+// interval (or intervals that divide each other) run together and their
+// results can share one outbox transaction and one message. The agent
+// draws the phase at random, so that agents still spread their checks over
+// the interval; without this option each check gets its own jitter.
+func WithPhase(phase time.Duration) Option {
+	return func(s *Scheduler) {
+		s.aligned, s.phase = true, phase
+	}
+}
+
 // WithFactory replaces checks.New as the way specs become Checkers.
 func WithFactory(f Factory) Option {
 	return func(s *Scheduler) {
@@ -93,6 +106,8 @@ type Scheduler struct {
 	factory     Factory
 	minInterval time.Duration
 	hangGrace   time.Duration
+	aligned     bool          // WithPhase
+	phase       time.Duration // WithPhase
 
 	mu      sync.Mutex
 	running map[string]*runner
@@ -307,7 +322,10 @@ func (r *runner) loop(after <-chan struct{}) {
 			return
 		}
 	}
-	t := time.NewTimer(rand.N(r.interval))
+	now := time.Now()
+	first := r.s.firstDelay(now, r.interval)
+	anchor := now.Add(first)
+	t := time.NewTimer(first)
 	defer t.Stop()
 	for {
 		select {
@@ -318,11 +336,33 @@ func (r *runner) loop(after <-chan struct{}) {
 		start := time.Now()
 		r.runOnce(start)
 		// Next run on the first tick of the interval grid after now:
-		// a long run skips ticks, it never overlaps the next one.
+		// a long run skips ticks, it never overlaps the next one. The
+		// grid is anchored at the first run, so a late timer does not
+		// make the check drift (and aligned checks stay together).
 		now := time.Now()
-		next := start.Add((now.Sub(start)/r.interval + 1) * r.interval)
+		next := anchor.Add((now.Sub(anchor)/r.interval + 1) * r.interval)
 		t.Reset(next.Sub(now))
 	}
+}
+
+// firstDelay is how long a check started at now waits for its first run:
+// until the next tick of the phase grid (WithPhase), else a jitter drawn
+// uniformly from [0, interval).
+func (s *Scheduler) firstDelay(now time.Time, interval time.Duration) time.Duration {
+	if !s.aligned {
+		return rand.N(interval)
+	}
+	return alignDelay(now, s.phase, interval)
+}
+
+// alignDelay is the time from now to the next instant (now included) at
+// phase plus a whole number of intervals since the Unix epoch.
+func alignDelay(now time.Time, phase, interval time.Duration) time.Duration {
+	d := (phase.Nanoseconds() - now.UnixNano()) % interval.Nanoseconds()
+	if d < 0 {
+		d += interval.Nanoseconds()
+	}
+	return time.Duration(d)
 }
 
 // runOnce runs the check once, unless its previous run is still hung, and

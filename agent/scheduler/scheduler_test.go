@@ -442,3 +442,33 @@ func TestTimeoutPassedToChecker(t *testing.T) {
 		t.Fatal("the check did not run")
 	}
 }
+
+func TestAlignDelay(t *testing.T) {
+	at := func(unixMilli int64) time.Time { return time.UnixMilli(unixMilli) }
+	tests := []struct {
+		name            string
+		now             time.Time
+		phase, interval time.Duration
+		want            time.Duration
+	}{
+		{"on the grid", at(20_000), 0, 10 * time.Second, 0},
+		{"just after a tick", at(20_001), 0, 10 * time.Second, 9999 * time.Millisecond},
+		{"phase inside the interval", at(20_000), 3 * time.Second, 10 * time.Second, 3 * time.Second},
+		{"phase larger than the interval", at(20_000), 93 * time.Second, 10 * time.Second, 3 * time.Second},
+		{"now past the phase", at(24_000), 3 * time.Second, 10 * time.Second, 9 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := alignDelay(tt.now, tt.phase, tt.interval)
+			require.Equal(t, tt.want, got)
+		})
+	}
+	// Checks of 10 s and 30 s started at different times meet on the
+	// 30 s ticks: every 30 s tick is a 10 s tick.
+	phase := 7777 * time.Millisecond
+	for _, start := range []int64{1_000, 12_345, 29_999} {
+		t30 := at(start).Add(alignDelay(at(start), phase, 30*time.Second))
+		t10 := at(start + 500).Add(alignDelay(at(start+500), phase, 10*time.Second))
+		require.Zero(t, t30.Sub(t10)%(10*time.Second), "start %d", start)
+	}
+}

@@ -100,6 +100,10 @@ type DB struct {
 	statsMu sync.Mutex
 	stats   outboxStats
 
+	// noTaskUpdates: the task update bucket is empty (set after every
+	// transaction that writes it, see noteTaskUpdates).
+	noTaskUpdates atomic.Bool
+
 	commits  atomic.Uint64 // group commits made (for tests)
 	inCommit atomic.Int64  // appends in the commit under way (for tests)
 }
@@ -139,8 +143,11 @@ func Open(path string, opts Options) (*DB, error) {
 		}
 		// A smaller OutboxMax than last time takes effect now.
 		var err error
-		st, err = d.trim(tx)
-		return err
+		if st, err = d.trim(tx); err != nil {
+			return err
+		}
+		d.noteTaskUpdates(tx)
+		return nil
 	})
 	if err != nil {
 		_ = bdb.Close()

@@ -305,7 +305,14 @@ func deleteOldest(ob *bolt.Bucket, limit, through uint64) (uint64, error) {
 func (d *DB) Pending(afterSeq uint64, max int) ([]*agentv1.CheckResult, error) {
 	d.statsMu.Lock()
 	afterSeq = maxU64(afterSeq, d.ackWant) // acknowledged, deletion deferred
+	next := d.stats.next
 	d.statsMu.Unlock()
+	if afterSeq+1 >= next {
+		// Nothing appended after afterSeq (the usual case when the send
+		// loop wakes up): no read transaction. stats.next is set before
+		// an Append returns.
+		return nil, nil
+	}
 	var out []*agentv1.CheckResult
 	err := d.bolt.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketOutbox).Cursor()

@@ -152,7 +152,11 @@ func (d *DB) PutTaskUpdate(u *agentv1.TaskUpdate) error {
 		if err := trackInFlight(tb, u); err != nil {
 			return err
 		}
-		return trimTaskUpdates(tx)
+		if err := trimTaskUpdates(tx); err != nil {
+			return err
+		}
+		d.noteTaskUpdates(tx)
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("put task update for task %q (%s) into %s: %w", u.GetTaskId(), u.GetState(), d.path, err)
@@ -269,6 +273,9 @@ func (d *DB) PendingTaskUpdates() ([]*agentv1.TaskUpdate, error) {
 // after, oldest first (max <= 0: no limit). Keys only grow, so a sender
 // that remembers the last key it sent sends each update once per session.
 func (d *DB) TaskUpdatesAfter(after uint64, max int) ([]TaskUpdateEntry, error) {
+	if d.noTaskUpdates.Load() {
+		return nil, nil // the usual case: no read transaction
+	}
 	var out []TaskUpdateEntry
 	err := d.bolt.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketTaskUpdates).Cursor()
@@ -285,6 +292,15 @@ func (d *DB) TaskUpdatesAfter(after uint64, max int) ([]TaskUpdateEntry, error) 
 		return nil, fmt.Errorf("read task updates from %s: %w", d.path, err)
 	}
 	return out, nil
+}
+
+// noteTaskUpdates records, once tx commits, whether the task update bucket
+// is empty (TaskUpdatesAfter then reads nothing). Every transaction that
+// writes the bucket calls it last.
+func (d *DB) noteTaskUpdates(tx *bolt.Tx) {
+	k, _ := tx.Bucket(bucketTaskUpdates).Cursor().First()
+	empty := k == nil
+	tx.OnCommit(func() { d.noTaskUpdates.Store(empty) })
 }
 
 // AckTaskUpdate forgets the oldest pending update of taskID in state, and
@@ -327,7 +343,11 @@ func (d *DB) AckTaskUpdate(taskID string, state agentv1.TaskState) error {
 			}
 		}
 		pending := getU64(tb, keyUpdatesPending)
-		return tb.Put(keyUpdatesPending, u64(pending-min(n, pending)))
+		if err := tb.Put(keyUpdatesPending, u64(pending-min(n, pending))); err != nil {
+			return err
+		}
+		d.noteTaskUpdates(tx)
+		return nil
 	})
 	if errors.Is(err, errNoChange) {
 		return nil

@@ -275,3 +275,39 @@ func TestTaskBucketsAddedToOldFiles(t *testing.T) {
 	pending, _, _ := d.Stats()
 	require.Equal(t, uint64(2), pending)
 }
+
+// TestReadShortcuts: TaskUpdatesAfter and Pending answer "nothing" without
+// a read transaction when nothing is there; they must never miss anything
+// that is, including after an ack empties the bucket and after a reopen.
+func TestReadShortcuts(t *testing.T) {
+	d, _ := testDB(t, Options{})
+	es, err := d.TaskUpdatesAfter(0, 10)
+	require.NoError(t, err)
+	require.Empty(t, es)
+	require.NoError(t, d.PutTaskUpdate(upd("a", 1, running)))
+	require.Equal(t, []idState{{"a", running}}, pendingUpdates(t, d))
+	require.NoError(t, d.AckTaskUpdate("a", running))
+	require.Empty(t, pendingUpdates(t, d))
+	require.NoError(t, d.PutTaskUpdate(upd("a", 1, succeeded)))
+	require.Equal(t, []idState{{"a", succeeded}}, pendingUpdates(t, d))
+	d = reopen(t, d, Options{})
+	require.Equal(t, []idState{{"a", succeeded}}, pendingUpdates(t, d), "seen after a reopen")
+
+	rs, err := d.Pending(0, 10)
+	require.NoError(t, err)
+	require.Empty(t, rs)
+	require.NoError(t, d.Append(result("x"), result("y")))
+	rs, err = d.Pending(0, 10)
+	require.NoError(t, err)
+	require.Len(t, rs, 2)
+	rs, err = d.Pending(rs[0].GetSeq(), 10)
+	require.NoError(t, err)
+	require.Len(t, rs, 1)
+	rs, err = d.Pending(rs[0].GetSeq(), 10)
+	require.NoError(t, err)
+	require.Empty(t, rs)
+	d = reopen(t, d, Options{})
+	rs, err = d.Pending(0, 10)
+	require.NoError(t, err)
+	require.Len(t, rs, 2, "seen after a reopen")
+}

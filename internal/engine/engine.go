@@ -47,40 +47,31 @@ import (
 	"fmt"
 	"strings"
 
+	"tend.dev/tend/internal/engine/window"
 	"tend.dev/tend/internal/policy"
 	"tend.dev/tend/internal/when"
 	agentv1 "tend.dev/tend/proto/tend/agent/v1"
 )
 
-// Phase is the state of one (agent, policy).
-type Phase string
+// Phase is the state of one (agent, policy) (see window.Phase).
+type Phase = window.Phase
 
 // Phases.
 const (
-	PhaseHealthy   Phase = "healthy"
-	PhaseFailing   Phase = "failing"
-	PhaseTriggered Phase = "triggered"
-	PhaseFlapping  Phase = "flapping"
+	PhaseHealthy   = window.PhaseHealthy
+	PhaseFailing   = window.PhaseFailing
+	PhaseTriggered = window.PhaseTriggered
+	PhaseFlapping  = window.PhaseFlapping
 )
 
 // maxWindow is the largest window a State holds (its bitset's size).
-const maxWindow = 128
+const maxWindow = window.MaxWindow
 
-// Flap holds the flap-detection thresholds: percent state change over the
-// last FlapHistory results (weighted as Nagios does, 0.75 for the oldest
-// change to 1.25 for the newest). Flapping starts when the percent is above
-// High and stops when it is below Low; between the two the state keeps what
-// it was (hysteresis). High <= 0 turns flap detection off.
-type Flap struct {
-	High float64 `json:"high"`
-	Low  float64 `json:"low"`
-}
+// Flap holds the flap-detection thresholds (see window.Flap).
+type Flap = window.Flap
 
-// DefaultFlap are the thresholds Compile sets: start above 50%, stop below
-// 25%. With 21 results, 50% is about ten changes (a check that fails and
-// recovers every other result, or three remediation cycles that do not
-// hold); 25% about five.
-var DefaultFlap = Flap{High: 50, Low: 25}
+// DefaultFlap are the thresholds Compile sets (see window.DefaultFlap).
+var DefaultFlap = window.DefaultFlap
 
 // Rule is a compiled policy trigger. It is immutable after Compile (set
 // Flap before first use) and safe for concurrent use; a State is not.
@@ -149,7 +140,8 @@ func (r *Rule) Classify(ctx context.Context, res *agentv1.CheckResult, labels ma
 	case st == agentv1.CheckStatus_CHECK_STATUS_OK:
 		return false, true, nil
 	case r.prog == nil:
-		return st == agentv1.CheckStatus_CHECK_STATUS_CRITICAL, false, nil
+		failed, _ = window.Classify(st)
+		return failed, false, nil
 	}
 	failed, evalErr = r.prog.Eval(ctx, when.Input{
 		Status:  StatusName(st),

@@ -240,33 +240,6 @@ func TestFlapReasons(t *testing.T) {
 	require.InDelta(t, 24.47, ds[29].FlapPercent, 0.01)
 }
 
-func TestFlapPercent(t *testing.T) {
-	tests := []struct {
-		name    string
-		history string // oldest first, 1 = failed
-		want    float64
-	}{
-		{"empty", "", 0},
-		{"one result", "1", 0},
-		{"steady failed", strings.Repeat("1", 21), 0},
-		{"steady passed", strings.Repeat("0", 21), 0},
-		{"one change, newest (weight 1.25)", strings.Repeat("0", 20) + "1", 6.25},
-		{"one change, oldest (weight 0.75)", "0" + strings.Repeat("1", 20), 3.75},
-		{"alternating 21", "101010101010101010101", 100},
-		{"a short history counts the rest as unchanged", "01", 6.25},
-		{"older results than 21 are forgotten", "0" + strings.Repeat("1", 21), 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var s State
-			for _, c := range tt.history {
-				s.pushHistory(c == '1')
-			}
-			require.InDelta(t, tt.want, s.FlapPercent(), 1e-9)
-		})
-	}
-}
-
 func TestObserveWhen(t *testing.T) {
 	crit, ok, warn := agentv1.CheckStatus_CHECK_STATUS_CRITICAL, agentv1.CheckStatus_CHECK_STATUS_OK, agentv1.CheckStatus_CHECK_STATUS_WARNING
 	prod := map[string]string{"env": "prod", "role": "web"}

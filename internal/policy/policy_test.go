@@ -331,6 +331,8 @@ func TestParseErrors(t *testing.T) {
 			[]string{`p.yaml:8: spec.autonomous: cannot be combined with requireApproval`}},
 		{"webhook not http", edit("    timeout: 30s\n", "    timeout: 30s\n  escalate: {webhook: \"mailto:ops@example.com\"}\n"),
 			[]string{`p.yaml:19: spec.escalate.webhook: want an absolute http:// or https:// URL, got "mailto:ops@example.com"`}},
+		{"autonomous with when", edit("  check:\n", "  autonomous: true\n  check:\n", "    window: 5\n", "    window: 5\n    when: 'result.status != \"ok\"'\n"),
+			[]string{`p.yaml:17: spec.trigger.when: cannot be combined with autonomous: true: an agent acting alone counts only CRITICAL results and does not evaluate when expressions (tend-agent does not embed CEL); remove when, or autonomous`}},
 		{"autonomous not a bool", edit("  check:\n", "  autonomous: maybe\n  check:\n"),
 			[]string{`p.yaml:8: spec.autonomous: want true or false, got "maybe"`}},
 		{"spec not a mapping", "apiVersion: tend.dev/v1\nkind: Policy\nmetadata: {name: x}\nspec: [1]\n",

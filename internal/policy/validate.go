@@ -97,6 +97,9 @@ func (d *docDecoder) validate(p *Policy) {
 	if s.Autonomous && s.Remediation != nil && s.Remediation.RequireApproval {
 		d.add("spec.autonomous", "cannot be combined with requireApproval: nobody can approve while the control plane is away")
 	}
+	if s.Autonomous && strings.TrimSpace(s.Trigger.When) != "" {
+		d.add("spec.trigger.when", "cannot be combined with autonomous: true: an agent acting alone counts only CRITICAL results and does not evaluate when expressions (tend-agent does not embed CEL); remove when, or autonomous")
+	}
 	d.validateCheck(&s.Check)
 	d.validateTrigger(&s.Trigger)
 	if s.Remediation != nil {

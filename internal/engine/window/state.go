@@ -1,4 +1,4 @@
-package engine
+package window
 
 import (
 	"math/bits"
