@@ -14,6 +14,10 @@ BINARIES := tend-controlplane tend-agent tendctl tend-demo tend-demo-service ten
 PLUGINS := $(wildcard plugins/*/cmd/tend-plugin-*)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X tend.dev/tend/internal/version.Version=$(VERSION)
+# Static binaries without gRPC's x/net/trace debug pages (and the
+# html/template it links): smaller, and fewer pages resident in every agent
+# (docs/BENCHMARKS.md, T9). Nothing in Tend needs cgo.
+BUILD_TAGS := grpcnotrace
 # Test timeout: the e2e suite includes a 30 s control-plane outage.
 TEST_TIMEOUT ?= 20m
 # Time each fuzz target runs in `make fuzz` (scripts/test.sh uses 4s).
@@ -28,13 +32,13 @@ deps:
 
 build:
 	@mkdir -p bin
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINARIES)) $(addprefix ./,$(PLUGINS))
+	CGO_ENABLED=0 $(GO) build -tags $(BUILD_TAGS) -trimpath -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINARIES)) $(addprefix ./,$(PLUGINS))
 
 # The binaries with crash points (internal/failpoint, armed by
 # TEND_FAILPOINTS) for the robustness tests. Never ship these.
 build-failpoints:
 	@mkdir -p bin-fp
-	$(GO) build -tags failpoints -trimpath -ldflags "$(LDFLAGS)" -o bin-fp/ $(addprefix ./cmd/,$(BINARIES)) $(addprefix ./,$(PLUGINS))
+	CGO_ENABLED=0 $(GO) build -tags failpoints,$(BUILD_TAGS) -trimpath -ldflags "$(LDFLAGS)" -o bin-fp/ $(addprefix ./cmd/,$(BINARIES)) $(addprefix ./,$(PLUGINS))
 
 # The fault scenarios (tests/e2e/robust_test.go) in a loop, longer than in
 # `make test`: per scenario, runs, faults injected, results and tasks

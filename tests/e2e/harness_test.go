@@ -38,10 +38,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/tend-controlplane", "./cmd/tend-agent", "./cmd/tendctl", "./cmd/tend-demo-service",
+	// Built as `make build` builds them (static, without gRPC's trace pages).
+	cmd := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", dir+"/", "./cmd/tend-controlplane", "./cmd/tend-agent", "./cmd/tendctl", "./cmd/tend-demo-service",
 		"./plugins/process/cmd/tend-plugin-process", "./plugins/service/cmd/tend-plugin-service",
 		"./plugins/disk/cmd/tend-plugin-disk", "./plugins/exec/cmd/tend-plugin-exec")
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)

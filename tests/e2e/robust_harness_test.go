@@ -83,8 +83,9 @@ func fpBin(t *testing.T, name string) string {
 		}
 		fpDir = filepath.Join(binDir, "failpoints")
 		root, _ := filepath.Abs("../..")
-		cmd := exec.Command("go", "build", "-tags", "failpoints", "-o", fpDir+"/", "./cmd/tend-controlplane", "./cmd/tend-agent")
+		cmd := exec.Command("go", "build", "-tags", "failpoints,grpcnotrace", "-o", fpDir+"/", "./cmd/tend-controlplane", "./cmd/tend-agent")
 		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fpErr = fmt.Errorf("go build -tags failpoints: %v\n%s", err, out)
 		}
