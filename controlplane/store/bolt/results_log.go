@@ -451,7 +451,7 @@ func (s *Store) readResults(fn func() error) error {
 func (t txn) checkEntry(agentID, checkID string, idx uint64) (logEntry, error) {
 	v := t.entry(checkKey(agentID, checkID), idx)
 	if v == nil {
-		return logEntry{}, fmt.Errorf("check %s/%s: history entry %d: %w", agentID, checkID, idx, errEntryMissing)
+		return logEntry{}, fmt.Errorf("check %s/%s: history entry %d %w", agentID, checkID, idx, errEntryMissing)
 	}
 	e, err := decodeLogEntry(v)
 	if err != nil {
