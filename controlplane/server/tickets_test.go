@@ -195,6 +195,15 @@ func (p *handshakeProbe) ServerHandshake(conn net.Conn) (net.Conn, credentials.A
 
 func (p *handshakeProbe) Clone() credentials.TransportCredentials { return p }
 
+// helloConn is a connection whose client sent its first bytes (a handshake
+// takes a slot only then).
+func helloConn(t *testing.T) net.Conn {
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	go func() { _, _ = b.Write([]byte{0x16}) }()
+	return a
+}
+
 // At most the bound of handshakes run at once; the others wait and all
 // complete.
 func TestHandshakesAreBounded(t *testing.T) {
@@ -205,7 +214,7 @@ func TestHandshakesAreBounded(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _, err := c.ServerHandshake(nil)
+			_, _, err := c.ServerHandshake(helloConn(t))
 			require.NoError(t, err)
 		}()
 	}
@@ -221,7 +230,8 @@ func TestHandshakesAreBounded(t *testing.T) {
 	// Once stopping, a handshake waiting for its turn fails at once.
 	probe2 := &handshakeProbe{release: make(chan struct{})}
 	lc := newLimitedCreds(probe2, 1)
-	go func() { _, _, _ = lc.ServerHandshake(nil) }() // takes the one slot
+	conn := helloConn(t)
+	go func() { _, _, _ = lc.ServerHandshake(conn) }() // takes the one slot
 	require.Eventually(t, func() bool {
 		probe2.mu.Lock()
 		defer probe2.mu.Unlock()

@@ -169,8 +169,23 @@ func (s *Store) Counters(agentID string) (store.AgentCounters, error) {
 // unknown agent has no checks (an empty list, no error).
 func (s *Store) ListCheckStates(agentID string) ([]store.CheckState, error) {
 	r := &s.res
-	r.mu.RLock()
-	defer r.mu.RUnlock()
+	var out []store.CheckState
+	err := s.readResults(func() error {
+		var err error
+		out, err = s.listCheckStates(r, agentID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// listCheckStates is ListCheckStates under r.mu.
+func (s *Store) listCheckStates(r *resultsState, agentID string) ([]store.CheckState, error) {
 	var ms []*checkMem
 	add := func(checks map[string]*checkMem) {
 		for _, m := range checks {
@@ -212,13 +227,7 @@ func (s *Store) ListCheckStates(agentID string) ([]store.CheckState, error) {
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	if len(out) == 0 {
-		return nil, nil
-	}
-	return out, nil
+	return out, err
 }
 
 // ListResults implements store.Store. An unknown agent or check has no
@@ -228,32 +237,34 @@ func (s *Store) ListResults(agentID, checkID string, limit int) ([]*agentv1.Chec
 		return nil, errors.New("list results: agent id and check id are required")
 	}
 	r := &s.res
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	m := r.checks[agentID][checkID]
-	if m == nil {
-		return nil, nil
-	}
-	n := m.kept
-	if limit > 0 && uint64(limit) < n {
-		n = uint64(limit)
-	}
-	out := make([]*agentv1.CheckResult, n)
-	err := s.view(func(t txn) error {
-		idx := m.latest
-		for i := int(n) - 1; i >= 0; i-- {
-			e, err := t.checkEntry(agentID, checkID, idx)
-			if err != nil {
-				return err
-			}
-			res := new(agentv1.CheckResult)
-			if err := proto.Unmarshal(e.result, res); err != nil {
-				return fmt.Errorf("decode: %w", err)
-			}
-			out[i] = res
-			idx = e.prev
+	var out []*agentv1.CheckResult
+	err := s.readResults(func() error {
+		out = nil
+		m := r.checks[agentID][checkID]
+		if m == nil {
+			return nil
 		}
-		return nil
+		n := m.kept
+		if limit > 0 && uint64(limit) < n {
+			n = uint64(limit)
+		}
+		out = make([]*agentv1.CheckResult, n)
+		return s.view(func(t txn) error {
+			idx := m.latest
+			for i := int(n) - 1; i >= 0; i-- {
+				e, err := t.checkEntry(agentID, checkID, idx)
+				if err != nil {
+					return err
+				}
+				res := new(agentv1.CheckResult)
+				if err := proto.Unmarshal(e.result, res); err != nil {
+					return fmt.Errorf("decode: %w", err)
+				}
+				out[i] = res
+				idx = e.prev
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list results of %s/%s: %w", agentID, checkID, err)

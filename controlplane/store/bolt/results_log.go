@@ -419,11 +419,39 @@ func (r *resultsState) add(m *checkMem) {
 	r.count++
 }
 
+// errEntryMissing: a check's history entry is in neither the log nor the
+// cold history.
+var errEntryMissing = errors.New("missing")
+
+// readResults runs fn, a read of check states (under r.mu) and of their
+// entries (in a read transaction). A results commit is visible to new read
+// transactions before its apply updates the states, so fn may see a state
+// older than its transaction, whose oldest history entries that commit
+// dropped: on a missing entry, fn runs again with no commit in flight
+// (commitMu), where a missing entry is a real one. fn must reset what it
+// returns.
+func (s *Store) readResults(fn func() error) error {
+	r := &s.res
+	err := func() error {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		return fn()
+	}()
+	if !errors.Is(err, errEntryMissing) {
+		return err
+	}
+	r.commitMu.Lock()
+	defer r.commitMu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return fn()
+}
+
 // checkEntry reads and decodes the entry at log index idx of a check.
 func (t txn) checkEntry(agentID, checkID string, idx uint64) (logEntry, error) {
 	v := t.entry(checkKey(agentID, checkID), idx)
 	if v == nil {
-		return logEntry{}, fmt.Errorf("check %s/%s: history entry %d missing", agentID, checkID, idx)
+		return logEntry{}, fmt.Errorf("check %s/%s: history entry %d %w", agentID, checkID, idx, errEntryMissing)
 	}
 	e, err := decodeLogEntry(v)
 	if err != nil {
