@@ -56,6 +56,7 @@ func run(ctx context.Context) int {
 		trigger    string
 		binDir     string
 		cpArgs     string
+		cpEnv      string
 		sweep      string
 		plotPath   string
 		jsonOut    bool
@@ -86,6 +87,7 @@ func run(ctx context.Context) int {
 	fs.StringVar(&cfg.MetricsURL, "metrics-url", "", "/metrics of --controlplane-addr (e.g. http://127.0.0.1:7480/metrics)")
 	fs.StringVar(&binDir, "bin-dir", "bin", "directory of tend-controlplane and tend-agent")
 	fs.StringVar(&cpArgs, "cp-args", "", "extra flags for the control plane the bench starts (space-separated)")
+	fs.StringVar(&cpEnv, "cp-env", "", "extra environment for the control plane the bench starts, space-separated KEY=VALUE (e.g. GOGC=200)")
 	fs.StringVar(&cfg.StateDir, "state-dir", "", "keep the control plane's data dir and the enrolled agents here, to reuse them (default: a temporary dir)")
 	fs.StringVar(&cfg.Restart, "restart", "", "after the window, restart the control plane (term: SIGTERM, kill: SIGKILL) and time the reconnection")
 	fs.DurationVar(&cfg.RestartTimeout, "restart-timeout", 5*time.Minute, "how long to wait for every agent to reconnect")
@@ -166,6 +168,13 @@ func run(ctx context.Context) int {
 	}
 	cfg.Spawn.Command = []string{filepath.Join(absBin, "tend-controlplane")}
 	cfg.Spawn.Args = strings.Fields(cpArgs)
+	cfg.Spawn.Env = strings.Fields(cpEnv)
+	for _, kv := range cfg.Spawn.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			fmt.Fprintf(os.Stderr, "tend-bench: --cp-env: %q is not KEY=VALUE\n", kv)
+			return 2
+		}
+	}
 	if profileDir != "" {
 		self, err := os.Executable()
 		if err != nil {

@@ -59,6 +59,9 @@ func (c *ControlPlane) LogPath() string {
 
 // SpawnOptions say how to start a control plane.
 type SpawnOptions struct {
+	// Env is added to the bench's environment for the control plane
+	// (e.g. GOGC=200).
+	Env []string
 	// Command is argv up to (not including) the control plane's flags:
 	// ["bin/tend-controlplane"], or [tend-bench, "controlplane"] to profile.
 	Command []string
@@ -178,6 +181,7 @@ func (p *cpProcess) start(ctx context.Context) error {
 			"-e", "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "--"}, argv...)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), p.opts.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C in the terminal reaches the bench,
 	// which stops the control plane itself, by pid.
