@@ -167,6 +167,13 @@ func (p *cpProcess) start(ctx context.Context) error {
 	if p.pprof != "" {
 		args = append(args, "--pprof-listen", p.pprof)
 	}
+	// The simulated failures are spread over the whole fleet (failure rate
+	// x results/s: 3.3 incidents/s at 10,000 agents with the defaults),
+	// which a production fleet budget (--fleet-max-concurrent 100,
+	// --fleet-max-per-hour 1000) would hold back by design: the bench
+	// measures the remediation path, not the budget. Opts.Args come after
+	// and win.
+	args = append(args, "--fleet-max-concurrent", "0", "--fleet-max-per-hour", "0")
 	args = append(args, p.opts.Args...)
 	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {

@@ -35,6 +35,8 @@ func RunProfiledControlPlane(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.HeartbeatMinTTL, "heartbeat-ttl", 0, "minimum heartbeat TTL")
 	fs.DurationVar(&cfg.HeartbeatGrace, "heartbeat-grace", 0, "heartbeat grace")
 	fs.IntVar(&cfg.HistoryPerCheck, "history-per-check", 100, "results kept per (agent, check)")
+	fs.IntVar(&cfg.FleetMaxConcurrent, "fleet-max-concurrent", 100, "remediation tasks in flight at once across all policies (0: no limit)")
+	fs.IntVar(&cfg.FleetMaxPerHour, "fleet-max-per-hour", 1000, "remediation tasks started per hour across all policies (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return err
