@@ -336,7 +336,10 @@ func (h *Stream) handle(sess *fleet.Session, agentID string, m *agentv1.ConnectR
 			}
 			h.Keys.NoteHolder(agentID, ids)
 		}
-		sess.TrySend(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_HeartbeatAck{HeartbeatAck: &agentv1.HeartbeatAck{ServerTime: timestamppb.New(h.Now())}}})
+		// Not answered: a heartbeat only resets the agent's liveness timer
+		// (any message does), and the agent finds a dead connection
+		// through gRPC keepalive. An answer cost a TLS write per agent
+		// every few seconds for nothing (HeartbeatAck is no longer sent).
 	case *agentv1.ConnectRequest_Results:
 		b := msg.Results
 		if err := ValidateBatch(b); err != nil {

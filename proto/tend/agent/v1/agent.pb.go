@@ -1070,6 +1070,9 @@ func (x *Heartbeat) GetSigningKeyIds() []string {
 	return nil
 }
 
+// HeartbeatAck is no longer sent (control planes since 2026-11-25 do not
+// answer heartbeats; agents never needed the answer). Kept so that the
+// field number is not reused.
 type HeartbeatAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
