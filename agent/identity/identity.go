@@ -120,7 +120,7 @@ func (id *Identity) setCert(c *tls.Certificate) error {
 	c.Leaf = leaf
 	id.mu.Lock()
 	id.cert, id.leaf = c, leaf
-	id.sessions = tls.NewLRUClientSessionCache(sessionCacheSize)
+	id.sessions = pki.NewSessionCache(sessionCacheSize)
 	id.mu.Unlock()
 	return nil
 }

@@ -153,7 +153,7 @@ func (f *Fleet) prepare() error {
 // cache that outlives the connection, so that reconnections resume).
 func (f *Fleet) TLSConfig(a *Identity, server string) *tls.Config {
 	if a.sessions == nil {
-		a.sessions = tls.NewLRUClientSessionCache(2)
+		a.sessions = pki.NewSessionCache(2)
 	}
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
