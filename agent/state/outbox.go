@@ -149,11 +149,7 @@ func (d *DB) flushAcks() {
 func applyAck(tx *bolt.Tx, through uint64) (outboxStats, bool, error) {
 	ob := tx.Bucket(bucketOutbox)
 	om := tx.Bucket(bucketOutboxMeta)
-	st := outboxStats{
-		pending: getU64(om, keyPending),
-		dropped: getU64(om, keyDroppedTotal),
-		next:    max(getU64(om, keyNextSeq), 1),
-	}
+	st := readOutboxStats(om)
 	n, err := deleteOldest(ob, ^uint64(0), through)
 	if err != nil {
 		return st, false, err
@@ -250,16 +246,21 @@ func clearSeqs(rs []*agentv1.CheckResult) {
 	}
 }
 
+// readOutboxStats reads the outbox counters from its meta bucket.
+func readOutboxStats(om *bolt.Bucket) outboxStats {
+	return outboxStats{
+		pending: getU64(om, keyPending),
+		dropped: getU64(om, keyDroppedTotal),
+		next:    max(getU64(om, keyNextSeq), 1),
+	}
+}
+
 // trim drops the oldest results while the outbox holds more than its bound,
 // adds them to the dropped total, and returns the outbox counters.
 func (d *DB) trim(tx *bolt.Tx) (outboxStats, error) {
 	ob := tx.Bucket(bucketOutbox)
 	om := tx.Bucket(bucketOutboxMeta)
-	st := outboxStats{
-		pending: getU64(om, keyPending),
-		dropped: getU64(om, keyDroppedTotal),
-		next:    max(getU64(om, keyNextSeq), 1),
-	}
+	st := readOutboxStats(om)
 	if st.pending <= d.max {
 		return st, nil
 	}

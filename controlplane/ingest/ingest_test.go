@@ -85,6 +85,19 @@ func held() *spyStore {
 
 func (s *spyStore) release() { s.gate <- struct{}{} }
 
+// releaseAllUntil lets the held commit and every later one through until
+// wait returns, then stops reporting on entered.
+func (s *spyStore) releaseAllUntil(wait func()) {
+	go func() {
+		for range s.entered {
+			s.release()
+		}
+	}()
+	s.release()
+	wait()
+	close(s.entered)
+}
+
 // boltStore opens a real store with n enrolled agents a0..a<n-1>.
 func boltStore(t testing.TB, n int) *bolt.Store {
 	t.Helper()
@@ -245,14 +258,7 @@ func TestMaxBatchResults(t *testing.T) {
 	}
 	submit(batch("big", 1, 20)) // larger than the cap: alone
 	submit(batch("last", 1, 1))
-	go func() {
-		for range spy.entered {
-			spy.release()
-		}
-	}()
-	spy.release()
-	wg.Wait()
-	close(spy.entered)
+	spy.releaseAllUntil(wg.Wait)
 	require.Equal(t, []int{1, 2, 2, 1, 1, 1}, spy.callSizes())
 }
 
@@ -551,14 +557,7 @@ func TestBatchesWaitingForRoomGoInInOrder(t *testing.T) {
 		})
 		require.Eventually(t, func() bool { return metric(t, reg, "tend_ingest_queue_full_waits_total") == float64(i+1) }, 5*time.Second, time.Millisecond)
 	}
-	go func() {
-		for range spy.entered {
-			spy.release()
-		}
-	}()
-	spy.release()
-	wg.Wait()
-	close(spy.entered)
+	spy.releaseAllUntil(wg.Wait)
 	require.Equal(t, []int{1, 1, 1, 1}, spy.callSizes(), "hold, a1, b1, b2: one commit each")
 	spy.mu.Lock()
 	defer spy.mu.Unlock()

@@ -35,10 +35,9 @@ type Counters struct {
 	Stored     atomic.Uint64 // results the control plane stored as new
 	Duplicates atomic.Uint64 // results acknowledged as already stored
 
-	BatchesSent   atomic.Uint64
-	BatchesAcked  atomic.Uint64
-	Heartbeats    atomic.Uint64
-	HeartbeatAcks atomic.Uint64
+	BatchesSent  atomic.Uint64
+	BatchesAcked atomic.Uint64
+	Heartbeats   atomic.Uint64
 
 	Triggers         atomic.Uint64 // failing results that complete a trigger
 	Tasks            atomic.Uint64 // tasks received and verified
@@ -60,18 +59,18 @@ type Counters struct {
 
 // counterSnapshot is a plain copy of Counters.
 type counterSnapshot struct {
-	Generated, Sent, Acked, Stored, Duplicates           uint64
-	BatchesSent, BatchesAcked, Heartbeats, HeartbeatAcks uint64
-	Triggers, Tasks, TaskDuplicates, TaskRejects         uint64
-	TaskUpdatesSent, TaskUpdatesAcked, Unremediated      uint64
-	Connects, Drops, ConnectErrs                         uint64
-	AckedOnWelcome                                       uint64
+	Generated, Sent, Acked, Stored, Duplicates      uint64
+	BatchesSent, BatchesAcked, Heartbeats           uint64
+	Triggers, Tasks, TaskDuplicates, TaskRejects    uint64
+	TaskUpdatesSent, TaskUpdatesAcked, Unremediated uint64
+	Connects, Drops, ConnectErrs                    uint64
+	AckedOnWelcome                                  uint64
 }
 
 func (c *Counters) snapshot() counterSnapshot {
 	return counterSnapshot{
 		Generated: c.Generated.Load(), Sent: c.Sent.Load(), Acked: c.Acked.Load(), Stored: c.Stored.Load(), Duplicates: c.Duplicates.Load(),
-		BatchesSent: c.BatchesSent.Load(), BatchesAcked: c.BatchesAcked.Load(), Heartbeats: c.Heartbeats.Load(), HeartbeatAcks: c.HeartbeatAcks.Load(),
+		BatchesSent: c.BatchesSent.Load(), BatchesAcked: c.BatchesAcked.Load(), Heartbeats: c.Heartbeats.Load(),
 		Triggers: c.Triggers.Load(), Tasks: c.Tasks.Load(), TaskDuplicates: c.TaskDuplicates.Load(), TaskRejects: c.TaskRejects.Load(),
 		TaskUpdatesSent: c.TaskUpdatesSent.Load(), TaskUpdatesAcked: c.TaskUpdatesAcked.Load(), Unremediated: c.Unremediated.Load(),
 		Connects: c.Connects.Load(), Drops: c.Drops.Load(), ConnectErrs: c.ConnectErrs.Load(),
@@ -698,8 +697,6 @@ func (a *simAgent) receive(st connectStream) error {
 			a.onAck(x.Ack)
 		case *agentv1.ConnectResponse_Checks:
 			a.onAssignment(x.Checks)
-		case *agentv1.ConnectResponse_HeartbeatAck:
-			a.s.c.HeartbeatAcks.Add(1)
 		case *agentv1.ConnectResponse_Task:
 			a.onTask(x.Task)
 		case *agentv1.ConnectResponse_TaskAck:

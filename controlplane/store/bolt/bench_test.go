@@ -42,13 +42,7 @@ func BenchmarkCommitResults(b *testing.B) {
 					bt := store.ResultBatch{AgentID: ids[a]}
 					for range min(left, 10) {
 						seq[a]++
-						bt.Results = append(bt.Results, &agentv1.CheckResult{
-							Seq: seq[a], CheckId: fmt.Sprintf("policy-%d", seq[a]%5), PolicyVersion: 3,
-							Status:    agentv1.CheckStatus_CHECK_STATUS_OK,
-							Output:    "HTTP 200 from http://127.0.0.1:8080/healthz in 1.2ms",
-							Metrics:   map[string]float64{"used_percent": 41.5, "free_bytes": 1 << 30},
-							StartedAt: now, Duration: durationpb.New(1200 * time.Microsecond),
-						})
+						bt.Results = append(bt.Results, benchOKResult(seq[a], fmt.Sprintf("policy-%d", seq[a]%5), now))
 					}
 					bs = append(bs, bt)
 				}
@@ -136,13 +130,7 @@ func benchFleet(b *testing.B, agents, warm int) {
 			bt := store.ResultBatch{AgentID: ids[a]}
 			for c := range checks {
 				seq[a]++
-				bt.Results = append(bt.Results, &agentv1.CheckResult{
-					Seq: seq[a], CheckId: fmt.Sprintf("policy-%d", c), PolicyVersion: 3,
-					Status:    agentv1.CheckStatus_CHECK_STATUS_OK,
-					Output:    "HTTP 200 from http://127.0.0.1:8080/healthz in 1.2ms",
-					Metrics:   map[string]float64{"used_percent": 41.5, "free_bytes": 1 << 30},
-					StartedAt: now, Duration: durationpb.New(1200 * time.Microsecond),
-				})
+				bt.Results = append(bt.Results, benchOKResult(seq[a], fmt.Sprintf("policy-%d", c), now))
 			}
 			bs = append(bs, bt)
 		}
@@ -162,4 +150,15 @@ func benchFleet(b *testing.B, agents, warm int) {
 	b.StopTimer()
 	after := s.db.Stats().TxStats
 	b.ReportMetric(float64(after.GetWrite()-before.GetWrite())/float64(b.N*size), "pagewrites/result")
+}
+
+// benchOKResult is a passing result the size of a typical HTTP check's.
+func benchOKResult(seq uint64, checkID string, now *timestamppb.Timestamp) *agentv1.CheckResult {
+	return &agentv1.CheckResult{
+		Seq: seq, CheckId: checkID, PolicyVersion: 3,
+		Status:    agentv1.CheckStatus_CHECK_STATUS_OK,
+		Output:    "HTTP 200 from http://127.0.0.1:8080/healthz in 1.2ms",
+		Metrics:   map[string]float64{"used_percent": 41.5, "free_bytes": 1 << 30},
+		StartedAt: now, Duration: durationpb.New(1200 * time.Microsecond),
+	}
 }
